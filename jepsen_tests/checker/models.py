@@ -1,0 +1,247 @@
+"""Sequential specifications: what one key does when operations run one at a time.
+
+Theory of operation. A model is a state machine for a single key. For every
+operation of a history it compiles a `Transition`: a function from the
+state before the operation to the state after it, or `REJECTED` when the
+operation's recorded result is impossible in that state. States are
+immutable and hashable, because the search remembers the (operations done,
+state) pairs it has already explored.
+
+What each completion type means to a model (see history.py):
+
+- `ok`: the operation happened and its result must match the state;
+- `fail`: the operation did not happen. If it changes nothing it is dropped
+  (a failed write, a failed or timed-out read); a failed compare-and-set is
+  kept as the read it is: it saw a value other than the one it expected;
+- `info` (or never completed): the effect may happen or not, with any
+  result. A read of unknown result says nothing and is dropped; a write or
+  an append keeps its effect; a compare-and-set takes effect if the value
+  matches and does nothing otherwise. "Never" is the search's business: it
+  may leave an indeterminate operation out altogether.
+
+A transition that can never change the state (a read, a failed
+compare-and-set) is an *observation*: the search may place one as soon as
+it fits, without ever having to try it later (see linearizability.py).
+
+The models:
+
+- `register`: read, write, cas `[expected, new]`; starts as null.
+- `kv`: get, put, append (string concatenation); every key starts as the
+  empty string, and a get that returns null read the empty string.
+- `table-append`: append an entry; read returns every entry in order;
+  sync with argument `since` (entries the caller already holds, null for 0)
+  returns the entries after them. Each acknowledged append then appears
+  exactly once, all readers agree on one order, and every read or sync
+  result is a prefix of that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from .history import HistoryError, Operation
+
+
+class _Rejected:
+    """The state a transition returns when the recorded result is impossible."""
+
+    def __repr__(self) -> str:
+        return "REJECTED"
+
+
+REJECTED: Any = _Rejected()
+
+State = Hashable
+TransitionFunction = Callable[[State], State]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What one operation does to the state of its key."""
+
+    apply: TransitionFunction
+    is_observation: bool
+
+
+class Model:
+    """Base class: a named sequential specification for one key."""
+
+    name = "model"
+    functions: tuple[str, ...] = ()
+
+    def initial_state(self) -> State:
+        raise NotImplementedError
+
+    def transition(self, operation: Operation) -> Transition | None:
+        """Compile an operation; None when it neither constrains nor changes anything."""
+        if operation.function not in self.functions:
+            raise HistoryError(
+                f"{operation.describe()}: the {self.name} model has no operation "
+                f"{operation.function!r} (it has {', '.join(self.functions)})"
+            )
+        if operation.status == "fail":
+            return self._failed_transition(operation)
+        return self._transition(operation)
+
+    def _transition(self, operation: Operation) -> Transition | None:
+        raise NotImplementedError
+
+    def _failed_transition(self, operation: Operation) -> Transition | None:
+        return None
+
+    def describe_state(self, state: State) -> str:
+        raise NotImplementedError
+
+
+def _observation(expected: Any) -> Transition:
+    def observe(state: State) -> State:
+        return state if state == expected else REJECTED
+
+    return Transition(observe, is_observation=True)
+
+
+def _overwrite(new_state: State) -> Transition:
+    def overwrite(state: State) -> State:
+        return new_state
+
+    return Transition(overwrite, is_observation=False)
+
+
+def _pair_argument(operation: Operation) -> tuple[Any, Any]:
+    argument = operation.argument
+    if not isinstance(argument, tuple) or len(argument) != 2:
+        raise HistoryError(f"{operation.describe()}: a cas argument must be [expected, new]")
+    return argument[0], argument[1]
+
+
+class RegisterModel(Model):
+    """A single value with read, write and compare-and-set."""
+
+    name = "register"
+    functions = ("read", "write", "cas")
+
+    def initial_state(self) -> State:
+        return None
+
+    def _transition(self, operation: Operation) -> Transition | None:
+        function = operation.function
+        if function == "read":
+            return _observation(operation.result) if operation.status == "ok" else None
+        if function == "write":
+            return _overwrite(operation.argument)
+        expected, new = _pair_argument(operation)
+        if operation.status == "ok":
+
+            def swap(state: State) -> State:
+                return new if state == expected else REJECTED
+
+            return Transition(swap, is_observation=False)
+
+        def maybe_swap(state: State) -> State:
+            return new if state == expected else state
+
+        return Transition(maybe_swap, is_observation=False)
+
+    def _failed_transition(self, operation: Operation) -> Transition | None:
+        if operation.function != "cas":
+            return None
+        expected, _new = _pair_argument(operation)
+
+        def saw_other_value(state: State) -> State:
+            return state if state != expected else REJECTED
+
+        return Transition(saw_other_value, is_observation=True)
+
+    def describe_state(self, state: State) -> str:
+        return f"the register holds {state!r}"
+
+
+def _string_argument(operation: Operation) -> str:
+    if not isinstance(operation.argument, str):
+        raise HistoryError(f"{operation.describe()}: a {operation.function} takes a string")
+    return operation.argument
+
+
+class KeyValueModel(Model):
+    """A string per key with get, put and (string) append."""
+
+    name = "kv"
+    functions = ("get", "put", "append")
+
+    def initial_state(self) -> State:
+        return ""
+
+    def _transition(self, operation: Operation) -> Transition | None:
+        function = operation.function
+        if function == "get":
+            if operation.status != "ok":
+                return None
+            result = "" if operation.result is None else operation.result
+            return _observation(result)
+        suffix = _string_argument(operation)
+        if function == "put":
+            return _overwrite(suffix)
+
+        def append(state: State) -> State:
+            return state + suffix
+
+        return Transition(append, is_observation=False)
+
+    def describe_state(self, state: State) -> str:
+        return f"the value is {state!r}"
+
+
+class TableAppendModel(Model):
+    """An append-only table: one order of entries, read whole or synced from a position."""
+
+    name = "table-append"
+    functions = ("append", "read", "sync")
+
+    def initial_state(self) -> State:
+        return ()
+
+    def _transition(self, operation: Operation) -> Transition | None:
+        function = operation.function
+        if function == "append":
+            entry = (operation.argument,)
+
+            def append(state: State) -> State:
+                return state + entry
+
+            return Transition(append, is_observation=False)
+        if operation.status != "ok":
+            return None
+        entries = () if operation.result is None else operation.result
+        if not isinstance(entries, tuple):
+            raise HistoryError(f"{operation.describe()}: a {function} returns a list of entries")
+        if function == "read":
+            return _observation(entries)
+        since = 0 if operation.argument is None else operation.argument
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise HistoryError(f"{operation.describe()}: a sync takes the number of entries already held")
+        length = since + len(entries)
+
+        def sync(state: State) -> State:
+            return state if len(state) == length and state[since:] == entries else REJECTED
+
+        return Transition(sync, is_observation=True)
+
+    def describe_state(self, state: State) -> str:
+        shown = ", ".join(repr(entry) for entry in state[-8:])
+        if len(state) > 8:
+            shown = "..., " + shown
+        return f"the table holds {len(state)} entries [{shown}]"
+
+
+MODELS: dict[str, Model] = {
+    model.name: model for model in (RegisterModel(), KeyValueModel(), TableAppendModel())
+}
+
+
+def model_named(name: str) -> Model:
+    """The model of that name, or a `HistoryError` listing the known ones."""
+    if name not in MODELS:
+        raise HistoryError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name]
