@@ -1,0 +1,449 @@
+"""The client library: async (trio) with pipelining, and a thin sync wrapper.
+
+    async with Client("127.0.0.1:7420") as client:
+        version = await client.put(b"k", b"v")
+        item = await client.get(b"k")          # Item(value=b"v", version=1), or None
+
+Theory. One connection per node carries many requests in flight: each
+request gets an id, frames queued in the same scheduling step go out in
+one send, and a reader task hands each answer to the call waiting on its
+id. Every call has a deadline (`timeout_seconds`, per call or for the whole
+client).
+
+What a failure means (PROTOCOL.md invariant 6):
+- `Timeout` (the deadline passed, or the connection broke after the
+  request was sent): the outcome is unknown. A write may or may not have
+  taken effect; never read this as "failed".
+- every other error (`ConditionFailed`, `Overloaded`, `Unavailable` when
+  no connection could be made...) means the operation did not take effect.
+
+Routing: every call goes through `_route(key)`, which today picks the one
+node (trying the given addresses in order until one connects). Routing to
+the right replica group replaces `_route` and leaves call sites alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import trio
+
+from kvsvr.addresses import DEFAULT_ADDRESS, parse_address_list
+from kvsvr.errors import KvError, Timeout, Unavailable, error_from_wire
+from kvsvr.limits import DEFAULT_LIMITS
+from kvsvr.wire import REQUEST_ID_MAX, FrameDecoder, FrameError, decode_body, encode_frame
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+_RECEIVE_SIZE_BYTES = 256 * 1024
+_UNSET: Any = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Item:
+    value: bytes
+    version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScanItem:
+    key: bytes
+    value: bytes | None  # None for a table key
+    version: int
+    kind: str  # "kv" or "table"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Row:
+    row_id: bytes
+    version: int  # the table version that last changed the row
+    value: bytes | None  # None: deleted at `version` (sync answers only)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncResult:
+    version: int  # sync again from this version to continue
+    rows: list[Row]
+    more: bool  # True: stopped at a limit; `version` is below the table's
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    items: list
+    resume: bytes | None  # pass back to continue; None: nothing more
+
+
+class _Link:
+    """One connection to one node, with requests in flight on it."""
+
+    def __init__(self, address: str, stream: trio.SocketStream, nursery: trio.Nursery):
+        self.address = address
+        self.stream = stream
+        self.broken: KvError | None = None
+        self._next_id = 1
+        self._waiting: dict[int, list] = {}  # id -> [event, answer]
+        self._outgoing = bytearray()
+        self._outgoing_ready = trio.Event()
+        nursery.start_soon(self._send_forever)
+        nursery.start_soon(self._receive_forever)
+
+    async def request(self, body: dict, deadline: float) -> dict:
+        if self.broken is not None:
+            raise Unavailable(f"connection to {self.address} is broken: {self.broken.message}")
+        request_id = self._next_id
+        self._next_id = 1 if request_id == REQUEST_ID_MAX else request_id + 1
+        body["id"] = request_id
+        self._outgoing += encode_frame(body)
+        self._outgoing_ready.set()
+        slot = [trio.Event(), None]
+        self._waiting[request_id] = slot
+        with trio.move_on_at(deadline):
+            await slot[0].wait()
+        self._waiting.pop(request_id, None)
+        answer = slot[1]
+        if answer is None:
+            raise Timeout(
+                f"{body.get('op')}: no answer from {self.address} before the deadline; "
+                "the outcome is unknown"
+            )
+        return answer
+
+    async def _send_forever(self) -> None:
+        try:
+            while True:
+                if not self._outgoing:
+                    self._outgoing_ready = trio.Event()
+                    await self._outgoing_ready.wait()
+                data = bytes(self._outgoing)
+                self._outgoing.clear()
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            self._fail(f"send failed: {error}")
+
+    async def _receive_forever(self) -> None:
+        decoder = FrameDecoder(DEFAULT_LIMITS.frame_size_max_bytes)
+        try:
+            while True:
+                data = await self.stream.receive_some(_RECEIVE_SIZE_BYTES)
+                if not data:
+                    self._fail("the node closed the connection")
+                    return
+                decoder.feed(data)
+                while (body := decoder.next_body()) is not None:
+                    self._on_answer(decode_body(body))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            self._fail(f"receive failed: {error}")
+        except KvError as error:  # FrameError or a malformed answer: the stream is unusable
+            self._fail(f"bad answer from the node: {error.message}")
+
+    def _on_answer(self, message: dict) -> None:
+        request_id = message["id"]
+        if "error" in message and request_id == 0:
+            # The node could not read one of our frames (or refused the
+            # connection) and closes; requests in flight have unknown outcomes.
+            self._fail(error_from_wire(message["error"]).message)
+            return
+        slot = self._waiting.get(request_id)
+        if slot is not None:
+            slot[1] = message
+            slot[0].set()
+
+    def _fail(self, reason: str) -> None:
+        """Mark the link broken; calls waiting on it time out as indeterminate."""
+        if self.broken is None:
+            self.broken = Unavailable(reason)
+        for request_id, slot in list(self._waiting.items()):
+            slot[1] = {"id": request_id, "error": {"code": "timeout", "message":
+                       f"connection to {self.address} lost ({reason}); the outcome is unknown"}}
+            slot[0].set()
+        self._waiting.clear()
+
+    async def aclose(self) -> None:
+        self.broken = self.broken or Unavailable("closed by the client")
+        await self.stream.aclose()
+
+
+class Client:
+    """An async client for one KVSvr node (a replica group, once routing lands)."""
+
+    def __init__(
+        self,
+        addresses: str | None = None,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    ):
+        self.addresses = [
+            _format(host, port) for host, port in parse_address_list(addresses or DEFAULT_ADDRESS)
+        ]
+        self.timeout_seconds = timeout_seconds
+        self._link: _Link | None = None
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager = None
+        self._connect_lock = trio.Lock()
+
+    async def __aenter__(self) -> Client:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info) -> bool | None:
+        if self._link is not None:
+            await self._link.aclose()
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(*exc_info)
+
+    # -- Key-Value -------------------------------------------------------------
+
+    async def get(self, key: bytes, *, timeout: float | None = None) -> Item | None:
+        """The value and version of `key`, or None if it holds no value."""
+        try:
+            result = await self.call("get", key, {"key": key}, timeout)
+        except KvError as error:
+            if error.code == "not_found":
+                return None
+            raise
+        return Item(result["value"], result["version"])
+
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        expected_version: int | None = None,
+        expected_value: bytes | None = _UNSET,
+        timeout: float | None = None,
+    ) -> int:
+        """Store `value`; returns the new version. Conditions raise ConditionFailed."""
+        body = {"key": key, "value": value}
+        _add_condition(body, expected_version, expected_value)
+        return (await self.call("put", key, body, timeout))["version"]
+
+    async def cas(
+        self, key: bytes, value: bytes, *, expected_version: int, timeout: float | None = None
+    ) -> int:
+        """Put only if the key is at `expected_version` (0: never written)."""
+        return await self.put(key, value, expected_version=expected_version, timeout=timeout)
+
+    async def delete(
+        self, key: bytes, *, expected_version: int | None = None, timeout: float | None = None
+    ) -> int:
+        """Delete `key` (a tombstone at a new version); returns that version."""
+        body: dict = {"key": key}
+        _add_condition(body, expected_version, _UNSET)
+        return (await self.call("delete", key, body, timeout))["version"]
+
+    async def scan_page(
+        self,
+        *,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int | None = None,
+        resume: bytes | None = None,
+        timeout: float | None = None,
+    ) -> Page:
+        body = _without_none(prefix=prefix, start=start, end=end, limit=limit, resume=resume)
+        result = await self.call("scan", None, body, timeout)
+        return Page([ScanItem(*item) for item in result["items"]], result["resume"])
+
+    async def scan(self, **range_options) -> AsyncIterator[ScanItem]:
+        """Every live key in a range (`prefix=` or `start=`/`end=`), page by page."""
+        resume = None
+        while True:
+            page = await self.scan_page(resume=resume, **range_options)
+            for item in page.items:
+                yield item
+            if page.resume is None:
+                return
+            resume = page.resume
+
+    # -- Key-Table -------------------------------------------------------------
+
+    async def table_write(
+        self,
+        key: bytes,
+        puts: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]] = (),
+        deletes: Iterable[bytes] = (),
+        *,
+        expected_version: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Put and delete rows in one new version of the table; returns it."""
+        pairs = puts.items() if isinstance(puts, Mapping) else puts
+        body = {"key": key, "puts": [[row, value] for row, value in pairs], "deletes": list(deletes)}
+        _add_condition(body, expected_version, _UNSET)
+        return (await self.call("table_write", key, body, timeout))["version"]
+
+    async def append(self, key: bytes, value: bytes, *, timeout: float | None = None) -> int:
+        """Append a row; its id is the returned version (8 bytes, big-endian)."""
+        return (await self.call("append", key, {"key": key, "value": value}, timeout))["version"]
+
+    async def sync(
+        self, key: bytes, since: int = 0, *, limit: int | None = None, timeout: float | None = None
+    ) -> SyncResult:
+        """Rows changed after version `since`, and the version they bring you to."""
+        body = _without_none(key=key, since=since, limit=limit)
+        result = await self.call("sync", key, body, timeout)
+        return SyncResult(result["version"], [Row(*row) for row in result["rows"]], result["more"])
+
+    async def table_get(
+        self, key: bytes, row_id: bytes, *, timeout: float | None = None
+    ) -> Row | None:
+        try:
+            result = await self.call("table_get", key, {"key": key, "row_id": row_id}, timeout)
+        except KvError as error:
+            if error.code == "not_found":
+                return None
+            raise
+        return Row(row_id, result["version"], result["value"])
+
+    async def table_rows(
+        self,
+        key: bytes,
+        *,
+        start_row: bytes | None = None,
+        limit: int | None = None,
+        timeout: float | None = None,
+    ) -> Page:
+        body = _without_none(key=key, start_row=start_row, limit=limit)
+        result = await self.call("table_rows", key, body, timeout)
+        return Page([Row(*row) for row in result["rows"]], result["resume"])
+
+    # -- the node ----------------------------------------------------------------
+
+    async def status(self, *, timeout: float | None = None) -> dict:
+        return await self.call("status", None, {}, timeout)
+
+    async def ping(self, *, timeout: float | None = None) -> None:
+        await self.call("ping", None, {}, timeout)
+
+    async def call(
+        self, op: str, key: bytes | None, body: dict, timeout: float | None = None
+    ) -> dict:
+        """Send one request and return its `ok` map, or raise the node's error."""
+        seconds = self.timeout_seconds if timeout is None else timeout
+        deadline = trio.current_time() + seconds if math.isfinite(seconds) else math.inf
+        link = await self._route(key, deadline)
+        body["op"] = op
+        answer = await link.request(body, deadline)
+        if "error" in answer:
+            raise error_from_wire(answer["error"])
+        result = answer.get("ok")
+        if not isinstance(result, dict):
+            raise Timeout(f"{op}: malformed answer from {link.address}; the outcome is unknown")
+        return result
+
+    async def _route(self, key: bytes | None, deadline: float) -> _Link:
+        link = self._link
+        if link is not None and link.broken is None:
+            return link
+        async with self._connect_lock:
+            if self._link is not None and self._link.broken is None:
+                return self._link
+            if self._nursery is None:
+                raise RuntimeError("use the client as `async with Client(...) as client:`")
+            failures = []
+            for address in self.addresses:
+                host, port = parse_address_list(address)[0]
+                with trio.move_on_at(min(deadline, trio.current_time() + CONNECT_TIMEOUT_SECONDS)):
+                    try:
+                        stream = await trio.open_tcp_stream(host, port)
+                    except OSError as error:
+                        failures.append(f"{address}: {error.strerror or error}")
+                        continue
+                    stream.setsockopt(6, 1, 1)  # TCP_NODELAY: frames go out at once
+                    self._link = _Link(address, stream, self._nursery)
+                    return self._link
+                failures.append(f"{address}: connect timed out")
+            raise Unavailable("cannot connect: " + "; ".join(failures))
+
+
+def _add_condition(body: dict, expected_version: int | None, expected_value: object) -> None:
+    if expected_version is not None:
+        body["expected_version"] = expected_version
+    if expected_value is not _UNSET:
+        body["expected_value"] = expected_value
+
+
+def _without_none(**fields) -> dict:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class SyncClient:
+    """The client for scripts: the same calls, blocking. Runs trio in a thread.
+
+        with SyncClient("127.0.0.1:7420") as client:
+            client.put(b"k", b"v")
+    """
+
+    def __init__(self, addresses: str | None = None, **options):
+        self._client = Client(addresses, **options)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+        self._failure: BaseException | None = None
+
+    async def _main(self) -> None:
+        try:
+            async with self._client:
+                self._token = trio.lowlevel.current_trio_token()
+                self._stop = trio.Event()
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as error:  # surfaced to the caller by __enter__
+            self._failure = error
+            self._ready.set()
+
+    def __enter__(self) -> SyncClient:
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join()
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+        if not callable(method) or name.startswith("_") or name == "scan":
+            raise AttributeError(name)
+
+        def blocking(*args, **kwargs):
+            return trio.from_thread.run(
+                lambda: method(*args, **kwargs), trio_token=self._token
+            )
+
+        return blocking
+
+    def scan(self, **range_options) -> list[ScanItem]:
+        """Every live key in the range, as a list."""
+
+        async def collect() -> list[ScanItem]:
+            return [item async for item in self._client.scan(**range_options)]
+
+        return trio.from_thread.run(collect, trio_token=self._token)
+
+
+__all__ = [
+    "Client",
+    "SyncClient",
+    "Item",
+    "ScanItem",
+    "Row",
+    "SyncResult",
+    "Page",
+    "KvError",
+    "Timeout",
+    "FrameError",
+]

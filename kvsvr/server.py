@@ -1,0 +1,262 @@
+"""The node shell: trio server, connections, and the group committer.
+
+Theory of operation. The engine (engine.py) decides; this module only
+moves bytes and waits. It runs three kinds of task:
+
+- one per connection, reading frames, handing each request to the engine,
+  and queueing the answers that are ready at once into the connection's
+  outgoing buffer (several answers go out in one send);
+- one sender per connection, writing that buffer whenever it has bytes;
+- one committer, which cuts the engine's open batch, writes it with one
+  sync in a worker thread while the next batch fills, and only then
+  releases the answers waiting on it (writes, and reads of keys whose
+  newest state was in it). An answer never leaves before the state behind
+  it is synced.
+
+Bounds: `connections_max` open connections (the next is answered
+`overloaded` and closed), `connection_requests_in_flight_max` per connection
+(past it the reader stops reading, so TCP pushes back on the client),
+`commit_queue_ops_max` records waiting for commit (past it writes are
+answered `overloaded`), `frame_size_max_bytes` per frame.
+
+A failed write or fsync raises out of the committer and stops the node:
+after a failed fsync the page cache can't be trusted to match the disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import signal
+import time
+from collections import defaultdict
+
+import trio
+
+from kvsvr.engine import Engine, Result
+from kvsvr.errors import KvError, Overloaded
+from kvsvr.limits import DEFAULT_LIMITS, Limits
+from kvsvr.requests import Status, parse_request
+from kvsvr.storage import Storage
+from kvsvr.wire import FrameDecoder, FrameError, answer_frame, decode_body, error_frame
+
+log = logging.getLogger("kvsvr.server")
+
+
+class _Connection:
+    """One client connection: its stream, outgoing buffer and in-flight count."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+        self.outgoing = bytearray()
+        self.requests_in_flight = 0
+        self.closed = False
+        self.receiving_done = False
+        self._outgoing_ready = trio.Event()
+        self._room_for_requests = trio.Event()
+
+    def queue(self, frame: bytes) -> None:
+        if not self.closed:
+            self.outgoing += frame
+            self._outgoing_ready.set()
+
+    def answer_waited(self, frame: bytes) -> None:
+        """Queue the answer of a request that waited for a commit."""
+        self.requests_in_flight -= 1
+        self._room_for_requests.set()
+        self.queue(frame)
+
+    async def wait_for_room(self, requests_in_flight_max: int) -> None:
+        while self.requests_in_flight >= requests_in_flight_max:
+            self._room_for_requests = trio.Event()
+            await self._room_for_requests.wait()
+
+    def finish_receiving(self) -> None:
+        self.receiving_done = True
+        self._outgoing_ready.set()
+
+    async def send_until_done(self) -> None:
+        """Send queued answers; return once the client stopped sending and is owed nothing."""
+        while True:
+            if not self.outgoing:
+                if self.receiving_done and self.requests_in_flight == 0:
+                    return
+                self._outgoing_ready = trio.Event()
+                await self._outgoing_ready.wait()
+                continue
+            data = bytes(self.outgoing)
+            self.outgoing.clear()
+            await self.stream.send_all(data)
+
+
+class Node:
+    """A single KVSvr node serving clients from one storage."""
+
+    def __init__(self, storage: Storage, limits: Limits = DEFAULT_LIMITS):
+        self.storage = storage
+        self.limits = limits
+        self.engine = Engine(storage, limits)
+        self.connections: set[_Connection] = set()
+        self.started_at = time.monotonic()
+        self.listen_addresses: list[str] = []
+        # generation -> [(connection, request id, answer or function computing it)]
+        self._waiting_for_commit: dict[int, list] = defaultdict(list)
+        self._batch_ready = trio.Event()
+        self.connections_refused = 0
+
+    # -- serving -----------------------------------------------------------------
+
+    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled, then flush what is pending."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._commit_forever)
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, self._handle_connection, port, host=host)
+                )
+                self.listen_addresses = [_address(listener) for listener in listeners]
+                task_status.started(self.listen_addresses)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
+        """Write whatever is left in the open batch, so a clean stop loses nothing."""
+        batch = self.engine.take_batch()
+        if batch is not None:
+            generation, writes = batch
+            await trio.to_thread.run_sync(self.storage.write, writes, True)
+            self.engine.batch_synced(generation, len(writes))
+
+    async def _commit_forever(self) -> None:
+        engine = self.engine
+        while True:
+            await self._batch_ready.wait()
+            self._batch_ready = trio.Event()
+            batch = engine.take_batch()
+            if batch is None:
+                continue
+            generation, writes = batch
+            # The sync is not cancellable: a shutdown waits for it, so a batch
+            # is either fully synced and answered, or never answered.
+            await trio.to_thread.run_sync(self.storage.write, writes, True)
+            engine.batch_synced(generation, len(writes))
+            for connection, request_id, answer in self._waiting_for_commit.pop(generation, ()):
+                connection.answer_waited(_answer(request_id, answer))
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        if len(self.connections) >= self.limits.connections_max:
+            self.connections_refused += 1
+            await _refuse(stream, self.limits.connections_max)
+            return
+        connection = _Connection(stream)
+        self.connections.add(connection)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_until_broken, connection, nursery.cancel_scope)
+                await self._receive_until_closed(connection)
+                # The sender finishes once every answer owed has gone out.
+                connection.finish_receiving()
+        finally:
+            connection.closed = True
+            self.connections.discard(connection)
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await stream.aclose()
+
+    async def _send_until_broken(self, connection: _Connection, scope: trio.CancelScope) -> None:
+        try:
+            await connection.send_until_done()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()  # the client went away; stop reading too
+
+    async def _receive_until_closed(self, connection: _Connection) -> None:
+        decoder = FrameDecoder(self.limits.frame_size_max_bytes)
+        receive_size = self.limits.receive_size_max_bytes
+        in_flight_max = self.limits.connection_requests_in_flight_max
+        while True:
+            await connection.wait_for_room(in_flight_max)
+            try:
+                data = await connection.stream.receive_some(receive_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            decoder.feed(data)
+            try:
+                while (body := decoder.next_body()) is not None:
+                    self._on_frame(connection, body)
+            except FrameError as error:
+                log.info("closing a connection after a framing error: %s", error.message)
+                connection.queue(error_frame(0, error.error))
+                return
+
+    def _on_frame(self, connection: _Connection, body: bytes) -> None:
+        request_id = 0
+        try:
+            message = decode_body(body)
+            request_id = message["id"]
+            request = parse_request(message, self.limits)
+            if isinstance(request, Status):
+                connection.queue(answer_frame(request_id, self.status()))
+                return
+            outcome = self.engine.execute(request)
+        except KvError as error:
+            connection.queue(error_frame(getattr(error, "request_id", request_id), error))
+            return
+        if outcome.generation == 0:
+            connection.queue(_answer(request_id, outcome.result))
+            return
+        connection.requests_in_flight += 1
+        self._waiting_for_commit[outcome.generation].append((connection, request_id, outcome.result))
+        self._batch_ready.set()
+
+    def status(self) -> Result:
+        return {
+            "node": "single",
+            "listen": self.listen_addresses,
+            "uptime_seconds": math.floor(time.monotonic() - self.started_at),
+            "connections": len(self.connections),
+            "connections_refused": self.connections_refused,
+            **self.engine.statistics(),
+        }
+
+
+def _answer(request_id: int, answer) -> bytes:
+    try:
+        result = answer() if callable(answer) else answer
+    except KvError as error:
+        return error_frame(request_id, error)
+    return answer_frame(request_id, result)
+
+
+async def _refuse(stream: trio.SocketStream, connections_max: int) -> None:
+    error = Overloaded(f"the node serves at most {connections_max} connections; retry later")
+    with trio.move_on_after(1):
+        try:
+            await stream.send_all(error_frame(0, error))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
+def _address(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def run_until_signalled(node: Node, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly (flush, close storage)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(node.serve, host, port)
+            print(f"kvsvr listening on {', '.join(addresses)}", flush=True)
+            async for signum in signals:
+                log.info("received %s; stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    node.storage.close()
+
+
+__all__ = ["Node", "run_until_signalled"]
