@@ -1,0 +1,133 @@
+"""Command line of the store's consistency tests: `python -m jepsen_tests COMMAND`.
+
+Commands:
+
+- `check FILE... --model M`: decide whether each history is linearizable.
+  Exit status 0 when every history is, 1 when one is not, 2 when a search
+  ran out of budget or the input is bad (one line on stderr says why).
+
+Each command is a function registered on the `main` group, so others (the
+fault-injection runner) sit beside `check` without touching it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Hashable
+from pathlib import Path
+
+import click
+
+from .checker import (
+    HISTORY_FORMATS,
+    MODELS,
+    HistoryError,
+    Verdict,
+    check_events,
+    model_named,
+    read_history,
+)
+from .checker.linearizability import CheckResult
+from .checker.timeline import write_timeline
+
+EXIT_LINEARIZABLE = 0
+EXIT_NOT_LINEARIZABLE = 1
+EXIT_UNKNOWN_OR_BAD_INPUT = 2
+
+
+@click.group()
+def main() -> None:
+    """Consistency tests of the store: check histories for linearizability."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "model_name", required=True, type=click.Choice(sorted(MODELS)), help="Sequential model of one key.")
+@click.option(
+    "--format",
+    "history_format",
+    type=click.Choice(HISTORY_FORMATS),
+    default=None,
+    help="History format; detected from the first line when left out.",
+)
+@click.option(
+    "--timeline",
+    "timeline_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write an HTML timeline of the failing key (one FILE only).",
+)
+@click.option(
+    "--budget-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Give up with 'unknown' (exit 2) after this long per history.",
+)
+def check(
+    files: tuple[Path, ...],
+    model_name: str,
+    history_format: str | None,
+    timeline_path: Path | None,
+    budget_seconds: float | None,
+) -> None:
+    """Decide whether each history FILE is linearizable."""
+    if timeline_path is not None and len(files) != 1:
+        _exit_bad_input("--timeline takes exactly one FILE")
+    model = model_named(model_name)
+    counts = {verdict: 0 for verdict in Verdict}
+    reading_seconds = checking_seconds = 0.0
+    for path in files:
+        started = time.perf_counter()
+        try:
+            events = read_history(path, history_format)
+            reading_seconds += time.perf_counter() - started
+            result = check_events(events, model, budget_seconds=budget_seconds)
+        except HistoryError as error:
+            _exit_bad_input(str(error))
+        checking_seconds += result.seconds
+        counts[result.verdict] += 1
+        click.echo(f"{path}: {result.describe()}")
+        if timeline_path is not None:
+            _write_timeline(timeline_path, path, result)
+    if len(files) > 1:
+        click.echo(
+            f"{len(files)} histories: {counts[Verdict.LINEARIZABLE]} linearizable, "
+            f"{counts[Verdict.NOT_LINEARIZABLE]} not, {counts[Verdict.UNKNOWN]} unknown; "
+            f"reading {reading_seconds:.3f} s, checking {checking_seconds:.3f} s"
+        )
+    if counts[Verdict.NOT_LINEARIZABLE]:
+        sys.exit(EXIT_NOT_LINEARIZABLE)
+    if counts[Verdict.UNKNOWN]:
+        sys.exit(EXIT_UNKNOWN_OR_BAD_INPUT)
+    sys.exit(EXIT_LINEARIZABLE)
+
+
+def _write_timeline(timeline_path: Path, history_path: Path, result: CheckResult) -> None:
+    """Draw the failing key, else the first key left unknown, else the busiest key."""
+    chosen_key: Hashable | None
+    if result.failure is not None:
+        chosen_key = result.failure.key
+    elif result.unknown_keys:
+        chosen_key = result.unknown_keys[0]
+    elif result.key_results:
+        chosen_key = max(result.key_results, key=lambda key_result: len(key_result.operations)).key
+    else:
+        click.echo("the history has no operations; no timeline written", err=True)
+        return
+    key_result = next(key_result for key_result in result.key_results if key_result.key == chosen_key)
+    title = f"{history_path.name}, key {chosen_key!r}: {result.verdict.value}"
+    try:
+        write_timeline(timeline_path, key_result.operations, key_result.failure, title)
+    except OSError as error:
+        _exit_bad_input(f"{timeline_path}: cannot write the timeline: {error}")
+    click.echo(f"timeline of key {chosen_key!r} written to {timeline_path}")
+
+
+def _exit_bad_input(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_UNKNOWN_OR_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()
