@@ -83,8 +83,9 @@ class Failure:
     state_description: str
 
     def describe(self) -> str:
+        where = "" if self.key is None else f"key {self.key!r}: "
         return (
-            f"key {self.key!r}: {self.operation.describe()} cannot be linearized. "
+            f"{where}{self.operation.describe()} cannot be linearized. "
             f"The longest linearizable prefix has {len(self.longest_prefix)} operations; "
             f"after it {self.state_description}."
         )
