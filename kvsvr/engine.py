@@ -29,20 +29,10 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from kvsvr import model, records
-from kvsvr.errors import NotFound, Overloaded
+from kvsvr import keyspace, model
+from kvsvr.errors import Overloaded
 from kvsvr.limits import Limits
-from kvsvr.requests import (
-    Get,
-    Ping,
-    Request,
-    Scan,
-    Status,
-    Sync,
-    TableGet,
-    TableRows,
-    Write,
-)
+from kvsvr.requests import Get, Ping, Request, Scan, Status, Sync, TableGet, TableRows, Write
 from kvsvr.storage import Storage
 from kvsvr.storage import Write as StorageWrite
 
@@ -61,15 +51,11 @@ class Outcome:
     generation: int = 0
 
 
-# Rows or keys a listing may step over (deleted rows, tombstones) for each
-# item it returns, before it stops and hands back a resume token.
-_SKIPPED_PER_ITEM_MAX = 4
-
-
 class Engine:
     def __init__(self, storage: Storage, limits: Limits):
         self.storage = storage
         self.limits = limits
+        self.keyspace = keyspace.Keyspace(storage)
         self.open_generation = 1
         self.synced_generation = 0
         self._dirty: dict[bytes, tuple[model.KeyState, int]] = {}
@@ -118,14 +104,10 @@ class Engine:
                 return self._get(key)
             case Write():
                 return self._write(request)
-            case Sync():
-                return self._after_key_synced(request.key, lambda: self._sync(request))
-            case TableGet():
-                return self._after_key_synced(request.key, lambda: self._table_get(request))
-            case TableRows():
-                return self._after_key_synced(request.key, lambda: self._table_rows(request))
+            case Sync() | TableGet() | TableRows():
+                return self._after_key_synced(request.key, lambda: self.keyspace.read(request))
             case Scan():
-                return self._after_all_synced(lambda: self._scan(request))
+                return self._after_all_synced(lambda: self.keyspace.read(request))
             case Status():
                 return Outcome(self.statistics())
             case Ping():
@@ -145,18 +127,12 @@ class Engine:
         entry = self._dirty.get(key)
         if entry is not None:
             return entry[0]
-        return self._stored_key_state(key)
-
-    def _stored_key_state(self, key: bytes) -> model.KeyState:
-        stored = self.storage.get("keys", key)
-        if stored is None:
-            return model.KeyState()
-        return model.KeyState.from_record(stored, key)
+        return self.keyspace.key_state(key)
 
     def _get(self, key: bytes) -> Outcome:
         entry = self._dirty.get(key)
         if entry is None:
-            state = model.value_or_not_found(key, self._stored_key_state(key))
+            state = model.value_or_not_found(key, self.keyspace.key_state(key))
             return Outcome({"value": state.value, "version": state.version})
         state, generation = entry
 
@@ -176,18 +152,7 @@ class Engine:
         model.check(key, state, request.mutation, request.condition)
         applied = model.apply(state, request.mutation)
         new_state = applied.state
-        writes: list[StorageWrite] = [("keys", key, new_state.to_record())]
-        if applied.row_changes:
-            for row_id, row in applied.row_changes:
-                writes.append(("rows", records.row_record_key(key, row_id), row.to_record()))
-            changed_row_ids = [row_id for row_id, _ in applied.row_changes]
-            writes.append(
-                (
-                    "row_changes",
-                    records.change_record_key(key, new_state.version),
-                    records.encode_record(changed_row_ids),
-                )
-            )
+        writes = keyspace.applied_writes(key, applied)
         generation = self.open_generation
         self._pending_writes.extend(writes)
         self._pending_keys.append(key)
@@ -210,126 +175,3 @@ class Engine:
         if self._latest_write_generation <= self.synced_generation:
             return Outcome(read())
         return Outcome(read, self._latest_write_generation)
-
-    # -- reads against synced storage ------------------------------------------
-
-    def _table_state(self, key: bytes) -> model.KeyState:
-        state = self._stored_key_state(key)
-        model.require_kind(key, state, model.KIND_TABLE)
-        return state
-
-    def _sync(self, request: Sync) -> Result:
-        """Rows changed after `since`, each once at its latest version, in version order.
-
-        Whole versions only: with `more`, the answer's `version` is the last
-        version included, and syncing again from it continues where this
-        stopped. A row changed again later is sent at its later version.
-        """
-        key = request.key
-        state = self._table_state(key)
-        if request.since >= state.version:
-            return {"version": state.version, "rows": [], "more": False}
-        prefix = records.table_prefix(key)
-        change_records = self.storage.scan(
-            "row_changes",
-            records.change_record_key(key, request.since + 1),
-            records.prefix_end(prefix),
-            request.limit + 1,
-        )
-        rows: list[list] = []
-        covered = request.since
-        for record_key, stored in change_records:
-            version = records.version_from_change_key(len(prefix), record_key)
-            row_ids = records.decode_record(stored, column_family="row_changes", key=record_key)
-            assert isinstance(row_ids, list), f"malformed change record {record_key!r}"
-            if rows and len(rows) + len(row_ids) > request.limit:
-                break
-            for row_id in row_ids:
-                row = self._stored_row(key, row_id)
-                assert row is not None and row.version >= version, "row older than its change"
-                if row.version == version:
-                    rows.append([row_id, row.version, row.value])
-            covered = version
-        more = covered < state.version
-        return {"version": covered if more else state.version, "rows": rows, "more": more}
-
-    def _stored_row(self, key: bytes, row_id: bytes) -> model.Row | None:
-        record_key = records.row_record_key(key, row_id)
-        stored = self.storage.get("rows", record_key)
-        return None if stored is None else model.Row.from_record(stored, record_key)
-
-    def _table_get(self, request: TableGet) -> Result:
-        state = self._table_state(request.key)
-        row = self._stored_row(request.key, request.row_id)
-        if row is None or row.value is None:
-            raise NotFound(
-                f"row {request.row_id!r} of {request.key!r} not found",
-                version=0 if row is None else row.version,
-                key=request.key,
-            )
-        return {"value": row.value, "version": row.version, "table_version": state.version}
-
-    def _table_rows(self, request: TableRows) -> Result:
-        key = request.key
-        state = self._table_state(key)
-        prefix = records.table_prefix(key)
-        found = self.storage.scan(
-            "rows",
-            prefix + request.start_row,
-            records.prefix_end(prefix),
-            request.limit * _SKIPPED_PER_ITEM_MAX,
-        )
-        rows, resume = _live_items(
-            found,
-            request.limit,
-            decode=lambda record_key, stored: model.Row.from_record(stored, record_key),
-            item=lambda record_key, row: [record_key[len(prefix) :], row.version, row.value]
-            if row.value is not None
-            else None,
-            scanned_all=len(found) < request.limit * _SKIPPED_PER_ITEM_MAX,
-        )
-        if resume is not None:
-            resume = resume[len(prefix) :]
-        return {"rows": rows, "resume": resume, "table_version": state.version}
-
-    def _scan(self, request: Scan) -> Result:
-        found = self.storage.scan(
-            "keys", request.start, request.end, request.limit * _SKIPPED_PER_ITEM_MAX
-        )
-
-        def item(key: bytes, state: model.KeyState) -> list | None:
-            if state.kind == model.KIND_KEY_VALUE and state.value is None:
-                return None  # a tombstone
-            return [key, state.value, state.version, state.kind]
-
-        items, resume = _live_items(
-            found,
-            request.limit,
-            decode=lambda key, stored: model.KeyState.from_record(stored, key),
-            item=item,
-            scanned_all=len(found) < request.limit * _SKIPPED_PER_ITEM_MAX,
-        )
-        return {"items": items, "resume": resume}
-
-
-def _live_items(found, limit, *, decode, item, scanned_all):
-    """Up to `limit` items of the records found, skipping deleted ones.
-
-    Returns the items and a resume token (the key just after the last record
-    looked at), or None when the range is exhausted.
-    """
-    items: list = []
-    last_key = None
-    for record_key, stored in found:
-        if len(items) == limit:
-            return items, last_key + b"\x00"
-        last_key = record_key
-        entry = item(record_key, decode(record_key, stored))
-        if entry is not None:
-            items.append(entry)
-    if scanned_all or last_key is None:
-        return items, None
-    return items, last_key + b"\x00"
-
-
-
