@@ -17,7 +17,9 @@ storage, and keeps the bookkeeping that group commit needs:
   generation: it may not return a state that a crash could still undo. A
   Key-Value read answers from the overlay state it saw (linearizable: the
   write it sees is ordered before it and is durable when it is answered);
-  table reads and scans run against the storage once it is synced.
+  table reads and scans run against the storage once it is synced. A
+  write refused on such a state (a failed condition, a kind mismatch)
+  waits the same way: its answer reveals that state.
 
 Bad input raises a KvError (answered, nothing changed); a broken invariant
 is an AssertionError.
@@ -26,11 +28,12 @@ is an AssertionError.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from kvsvr import keyspace, model
-from kvsvr.errors import Overloaded
+from kvsvr.errors import KvError, Overloaded
 from kvsvr.limits import Limits
 from kvsvr.requests import Get, Ping, Request, Scan, Status, Sync, TableGet, TableRows, Write
 from kvsvr.storage import Storage
@@ -149,7 +152,16 @@ class Engine:
                 f"{self.commit_queue_ops} records are waiting for commit; retry later", key=key
             )
         state = self.key_state(key)
-        model.check(key, state, request.mutation, request.condition)
+        try:
+            model.check(key, state, request.mutation, request.condition)
+        except KvError as refusal:
+            # A refusal judged on a state not yet synced reveals that state
+            # (a failed condition carries its version): like a read of the
+            # key, it waits for that state's generation (PROTOCOL.md R7).
+            entry = self._dirty.get(key)
+            if entry is None:
+                raise
+            return Outcome(functools.partial(_raise, refusal), entry[1])
         applied = model.apply(state, request.mutation)
         new_state = applied.state
         writes = keyspace.applied_writes(key, applied)
@@ -175,3 +187,7 @@ class Engine:
         if self._latest_write_generation <= self.synced_generation:
             return Outcome(read())
         return Outcome(read, self._latest_write_generation)
+
+
+def _raise(error: KvError) -> Result:
+    raise error
