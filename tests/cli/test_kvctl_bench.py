@@ -1,0 +1,60 @@
+"""`kvctl bench` and `kvctl bench-echo`: short runs that must report parsable figures.
+
+These prove the benchmark commands work end to end, not how fast anything
+is (docs/benchmarks.md has the figures): each run lasts a fraction of a
+second at low concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.bench import Recorder, Report, percentile
+from cli.kvctl import main
+from jepsen_tests.nodes import free_port
+
+SHORT_RUN = ["--concurrency", "4", "--duration", "0.5"]
+
+
+def bench_json(*arguments: str) -> dict:
+    result = CliRunner().invoke(main, ["--json", *arguments])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("workload", ["put", "get", "mixed"])
+def test_bench_reports_throughput_and_latency(node_process, workload):
+    report = bench_json("--cluster", node_process.address, "bench", "--workload", workload,
+                        "--keys", "200", "--connections", "2", *SHORT_RUN)
+    assert report["workload"] == workload
+    assert report["operations"] > 0 and report["ops_per_second"] > 0
+    assert report["errors"] == {} and report["misses"] == 0  # gets find preloaded keys
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["p999"] <= latency["max"]
+    assert ("preload_seconds" in report) == (workload != "put")
+
+
+def test_bench_echo_reports_round_trips():
+    report = bench_json("bench-echo", "--connections", "2", *SHORT_RUN)
+    assert report["workload"] == "echo" and report["ops_per_second"] > 0
+    assert report["errors"] == {}
+
+
+def test_bench_against_no_node_exits_4():
+    result = CliRunner().invoke(
+        main, ["--cluster", f"127.0.0.1:{free_port()}", "bench", *SHORT_RUN])
+    assert result.exit_code == 4, result.output
+    assert result.stderr.startswith("kvctl: unavailable")
+
+
+def testpercentiles_are_nearest_rank():
+    samples = [index / 1000 for index in range(1, 1001)]  # 1 ms .. 1000 ms
+    assert percentile(samples, 0.5) == pytest.approx(500)
+    assert percentile(samples, 0.99) == pytest.approx(990)
+    assert percentile(samples, 0.999) == pytest.approx(999)
+    assert percentile([], 0.5) is None
+    empty = Report("nothing", {}, Recorder())
+    assert empty.ops_per_second == 0 and empty.latency_ms()["p50"] is None
