@@ -51,6 +51,21 @@ def applied_writes(key: bytes, applied: model.Applied) -> list[StorageWrite]:
     return writes
 
 
+def table_writes(key: bytes, rows: list) -> list[StorageWrite]:
+    """Records installing a table's rows ([row_id, version, value]) by state
+    transfer, with change-index entries so `sync` finds them."""
+    writes: list[StorageWrite] = []
+    changed: dict[int, list[bytes]] = {}
+    for row_id, version, value in rows:
+        writes.append(("rows", records.row_record_key(key, row_id), model.Row(version, value).to_record()))
+        changed.setdefault(version, []).append(row_id)
+    for version, row_ids in changed.items():
+        writes.append(
+            ("row_changes", records.change_record_key(key, version), records.encode_record(row_ids))
+        )
+    return writes
+
+
 class Keyspace:
     """Reads of the applied state of keys, straight from storage."""
 
@@ -62,6 +77,15 @@ class Keyspace:
         if stored is None:
             return model.KeyState()
         return model.KeyState.from_record(stored, key)
+
+    def all_rows(self, key: bytes) -> list[tuple[bytes, model.Row]]:
+        """Every row of a table, deleted ones included (for state transfer)."""
+        prefix = records.table_prefix(key)
+        found = self.storage.scan("rows", prefix, records.prefix_end(prefix), 1 << 62)
+        return [
+            (record_key[len(prefix) :], model.Row.from_record(stored, record_key))
+            for record_key, stored in found
+        ]
 
     def read(self, request: Sync | TableGet | TableRows | Scan) -> Result:
         match request:

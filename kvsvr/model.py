@@ -172,3 +172,33 @@ def value_or_not_found(key: bytes, state: KeyState) -> KeyState:
     if state.value is None:
         raise NotFound(f"key {key!r} not found", version=state.version, key=key)
     return state
+
+
+def mutation_to_wire(mutation: Mutation) -> list:
+    """A mutation as plain CBOR-able data (for payloads in the replication log)."""
+    match mutation:
+        case Put(value=value):
+            return ["put", value]
+        case Delete():
+            return ["delete"]
+        case TableWrite(puts=puts, deletes=deletes):
+            return ["table_write", [list(pair) for pair in puts], list(deletes)]
+        case Append(value=value):
+            return ["append", value]
+    raise AssertionError(f"unknown mutation {mutation!r}")
+
+
+def mutation_from_wire(body: object) -> Mutation:
+    """The inverse of mutation_to_wire; a malformed body is an AssertionError
+    (payloads are checksummed, so a bad one here is a bug, not bad input)."""
+    assert isinstance(body, list) and body, f"malformed mutation {body!r}"
+    match body:
+        case ["put", bytes() as value]:
+            return Put(value)
+        case ["delete"]:
+            return Delete()
+        case ["table_write", list() as puts, list() as deletes]:
+            return TableWrite(tuple((row, value) for row, value in puts), tuple(deletes))
+        case ["append", bytes() as value]:
+            return Append(value)
+    raise AssertionError(f"malformed mutation {body!r}")

@@ -63,6 +63,10 @@ class Storage(Protocol):
 
     def write(self, writes: Sequence[Write], sync: bool) -> None: ...
 
+    def sync(self) -> None:
+        """Make every write that has returned durable."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -94,6 +98,9 @@ class MemoryStorage:
             for pending in self._unsynced_batches:
                 _apply(self._durable, pending)
             self._unsynced_batches.clear()
+
+    def sync(self) -> None:
+        self.write([], sync=True)
 
     @property
     def unsynced_batch_count(self) -> int:
@@ -184,6 +191,11 @@ class RocksStorage:
                 batch.put(key, value, handles[column_family])
         # A failed write or fsync raises here; the committer stops the node.
         self._db.write(batch, self._synced_write if sync else self._unsynced_write)
+
+    def sync(self) -> None:
+        # One WAL for every column family: syncing it persists every write
+        # that has returned, in order.
+        self._db.flush_wal(True)
 
     def close(self) -> None:
         with self._close_lock:

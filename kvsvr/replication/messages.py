@@ -1,0 +1,236 @@
+"""Every message between replicas, every log record, and the effects type.
+
+Identities (R1). A node's incarnation rises at every start, synced before
+it sends anything, so the names below can never mean two things:
+
+    Ballot = (round, incarnation, node_id)        ordered as a tuple
+    Ref    = (origin, incarnation, seq, crc32c)   names one payload
+
+An *instance* is one decided step of a key: `Instance(first_version,
+count, ref)` applies the `count` mutations in the payload `ref` to reach
+versions first_version .. first_version + count - 1 (a batch of mutations
+that arrived while the previous instance was in flight; PROTOCOL.md,
+"dynamic merging"). The key's `chosen` is the last decided instance, and
+an Accept is for the instance starting at chosen.last_version + 1.
+
+Two channels (PROTOCOL.md): the stream channel carries `StreamRecords` and
+`StreamAck` (payload bytes, batched); everything else is the consensus
+channel, small messages that never wait behind payload bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+Ballot = tuple[int, int, int]  # (round, incarnation, node_id)
+Ref = tuple[int, int, int, int]  # (origin, incarnation, seq, crc32c)
+LogPosition = tuple[int, int]  # (incarnation, seq) in an origin's log
+
+ZERO_BALLOT: Ballot = (0, 0, 0)
+LOG_START: LogPosition = (0, 0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Instance:
+    first_version: int
+    count: int
+    ref: Ref
+
+    @property
+    def last_version(self) -> int:
+        return self.first_version + self.count - 1
+
+    def to_wire(self) -> list:
+        return [self.first_version, self.count, list(self.ref)]
+
+    @classmethod
+    def from_wire(cls, body: list) -> Instance:
+        first_version, count, ref = body
+        return cls(first_version, count, tuple(ref))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Vote:
+    """An acceptor's accepted value: `instance` at `ballot`."""
+
+    ballot: Ballot
+    instance: Instance
+
+
+# -- consensus channel -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prepare:
+    key: bytes
+    ballot: Ballot
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Promise:
+    key: bytes
+    ballot: Ballot  # echoes the Prepare (R5)
+    granted: bool
+    promised: Ballot  # the acceptor's promise after this Prepare
+    chosen: Instance | None
+    accepted: Vote | None
+    accepted_payload: bytes | None  # the payload of `accepted`, when the acceptor holds it
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Accept:
+    key: bytes
+    ballot: Ballot
+    instance: Instance
+    previous: Instance | None  # the decided instance it follows (prev_decision)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Accepted:
+    key: bytes
+    ballot: Ballot  # echoes (K, b, v, ref) of the Accept (R5)
+    instance: Instance
+    outcome: str  # "accepted", "rejected" (promised is higher), "already_chosen"
+    promised: Ballot
+    chosen: Instance | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Commit:
+    """A decided instance: the latency shortcut for the Decision log record."""
+
+    key: bytes
+    instance: Instance
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Read:
+    key: bytes
+    read_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadReply:
+    key: bytes
+    read_id: int
+    chosen: Instance | None
+    accepted: Vote | None
+    applied_version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchPayload:
+    ref: Ref
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PayloadReply:
+    ref: Ref
+    key: bytes
+    payload: bytes | None  # None: not held here
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchState:
+    """Ask for the applied state of `key` at a version >= `version_min` (state transfer)."""
+
+    key: bytes
+    version_min: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StateReply:
+    key: bytes
+    version_min: int
+    # The sender's applied state (KeyState as [version, kind, value]) and, for
+    # a table, its rows as [row_id, version, value]; None if it has not
+    # applied version_min yet.
+    state: list | None
+    rows: list | None
+    chosen: Instance | None
+
+
+# -- stream channel --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PayloadRecord:
+    """Log record: the bytes of a batch of mutations for `key`."""
+
+    ref: Ref
+    key: bytes
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """Log record: `instance` of `key` is decided."""
+
+    key: bytes
+    instance: Instance
+
+
+LogRecord = PayloadRecord | DecisionRecord
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamRecords:
+    """Records of the sender's own log, in order, each at its position.
+
+    `after` is the position the first record follows in the sender's log, so
+    a receiver whose cursor is below it knows it missed records.
+    """
+
+    after: LogPosition
+    records: tuple[tuple[LogPosition, LogRecord], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamAck:
+    """Everything up to `position` of the receiver's copy of our log is synced."""
+
+    position: LogPosition
+
+
+Message = (
+    Prepare
+    | Promise
+    | Accept
+    | Accepted
+    | Commit
+    | Read
+    | ReadReply
+    | FetchPayload
+    | PayloadReply
+    | FetchState
+    | StateReply
+    | StreamRecords
+    | StreamAck
+)
+
+STREAM_MESSAGES = (StreamRecords, StreamAck)
+
+
+@dataclasses.dataclass
+class Effects:
+    """What one step of a replica asks of its shell, in this order:
+
+    1. `sync`: the replica wrote records to storage during the step (unsynced
+       writes, which reads see at once); sync them, with every earlier write;
+    2. then `messages`: send each (destination node id, message);
+    3. then `replies`: answer each (client request id, result map or KvError).
+
+    Nothing in 2 or 3 may leave before 1 is done: a Promise or Accepted is a
+    promise about durable state, and a client reply acknowledges a durable
+    write. The shell and the simulator obey this in one place each; several
+    steps may share one sync (group commit) as long as none of their
+    messages leaves before it.
+    """
+
+    sync: bool = False
+    messages: list[tuple[int, Message]] = dataclasses.field(default_factory=list)
+    replies: list[tuple[int, Any]] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.sync or self.messages or self.replies)
