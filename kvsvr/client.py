@@ -35,7 +35,7 @@ import trio
 from kvsvr.addresses import DEFAULT_ADDRESS, parse_address_list
 from kvsvr.errors import KvError, Timeout, Unavailable, error_from_wire
 from kvsvr.limits import DEFAULT_LIMITS
-from kvsvr.wire import REQUEST_ID_MAX, FrameDecoder, FrameError, decode_body, encode_frame
+from kvsvr.wire import REQUEST_ID_MAX, FrameDecoder, FrameError, decode_answer, encode_frame
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -134,7 +134,7 @@ class _Link:
                     return
                 decoder.feed(data)
                 while (body := decoder.next_body()) is not None:
-                    self._on_answer(decode_body(body))
+                    self._on_answer(decode_answer(body))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             self._fail(f"receive failed: {error}")
         except KvError as error:  # FrameError or a malformed answer: the stream is unusable
@@ -143,22 +143,30 @@ class _Link:
     def _on_answer(self, message: dict) -> None:
         request_id = message["id"]
         if "error" in message and request_id == 0:
-            # The node could not read one of our frames (or refused the
-            # connection) and closes; requests in flight have unknown outcomes.
-            self._fail(error_from_wire(message["error"]).message)
+            # The node could not read one of our frames, or refused the
+            # connection, and closes. A refusal (`overloaded`) comes before the
+            # node reads a byte, so nothing sent on this connection took effect;
+            # after a framing error, requests in flight have unknown outcomes.
+            error = error_from_wire(message["error"])
+            self._fail(error.message, error if error.code == "overloaded" else None)
             return
         slot = self._waiting.get(request_id)
         if slot is not None:
             slot[1] = message
             slot[0].set()
 
-    def _fail(self, reason: str) -> None:
-        """Mark the link broken; calls waiting on it time out as indeterminate."""
+    def _fail(self, reason: str, definite: KvError | None = None) -> None:
+        """Mark the link broken; calls waiting on it time out as indeterminate, or
+        fail with `definite` when the node said none of them took effect."""
         if self.broken is None:
             self.broken = Unavailable(reason)
+        if definite is not None:
+            error = definite.to_wire()
+        else:
+            message = f"connection to {self.address} lost ({reason}); the outcome is unknown"
+            error = {"code": "timeout", "message": message}
         for request_id, slot in list(self._waiting.items()):
-            slot[1] = {"id": request_id, "error": {"code": "timeout", "message":
-                       f"connection to {self.address} lost ({reason}); the outcome is unknown"}}
+            slot[1] = {"id": request_id, "error": error}
             slot[0].set()
         self._waiting.clear()
 

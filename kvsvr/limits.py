@@ -29,6 +29,10 @@ class Limits:
     # Requests one connection may have in flight before the server stops
     # reading from it (TCP backpressure on the client, no memory growth).
     connection_requests_in_flight_max: int = 1024
+    # Answers queued on one connection and not yet sent; past it the server
+    # stops reading that connection's requests until the client reads, so a
+    # client that pipelines reads and never reads the answers costs bounded memory.
+    connection_outgoing_max_bytes: int = 4 * 1024 * 1024
     # Open client connections; the next one is answered `overloaded` and closed.
     connections_max: int = 1024
     # Writes waiting for group commit across all connections; past it a write

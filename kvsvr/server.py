@@ -14,8 +14,9 @@ moves bytes and waits. It runs three kinds of task:
   it is synced.
 
 Bounds: `connections_max` open connections (the next is answered
-`overloaded` and closed), `connection_requests_in_flight_max` per connection
-(past it the reader stops reading, so TCP pushes back on the client),
+`overloaded` and closed), `connection_requests_in_flight_max` requests and
+`connection_outgoing_max_bytes` of unsent answers per connection (past
+either, the reader stops taking requests, so TCP pushes back on the client),
 `commit_queue_ops_max` records waiting for commit (past it writes are
 answered `overloaded`), `frame_size_max_bytes` per frame.
 
@@ -67,8 +68,13 @@ class _Connection:
         self._room_for_requests.set()
         self.queue(frame)
 
-    async def wait_for_room(self, requests_in_flight_max: int) -> None:
-        while self.requests_in_flight >= requests_in_flight_max:
+    async def wait_for_room(self, requests_in_flight_max: int, outgoing_max_bytes: int) -> None:
+        """Wait until another request may be taken: few enough in flight, and few
+        enough answer bytes waiting for the client to read them."""
+        while (
+            self.requests_in_flight >= requests_in_flight_max
+            or len(self.outgoing) >= outgoing_max_bytes
+        ):
             self._room_for_requests = trio.Event()
             await self._room_for_requests.wait()
 
@@ -87,6 +93,7 @@ class _Connection:
                 continue
             data = bytes(self.outgoing)
             self.outgoing.clear()
+            self._room_for_requests.set()
             await self.stream.send_all(data)
 
 
@@ -175,8 +182,20 @@ class Node:
         decoder = FrameDecoder(self.limits.frame_size_max_bytes)
         receive_size = self.limits.receive_size_max_bytes
         in_flight_max = self.limits.connection_requests_in_flight_max
+        outgoing_max = self.limits.connection_outgoing_max_bytes
         while True:
-            await connection.wait_for_room(in_flight_max)
+            # Checked before every frame, not every receive: one receive can
+            # hold thousands of small requests with large answers.
+            await connection.wait_for_room(in_flight_max, outgoing_max)
+            try:
+                body = decoder.next_body()
+            except FrameError as error:
+                log.info("closing a connection after a framing error: %s", error.message)
+                connection.queue(error_frame(0, error.error))
+                return
+            if body is not None:
+                self._on_frame(connection, body)
+                continue
             try:
                 data = await connection.stream.receive_some(receive_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -184,13 +203,6 @@ class Node:
             if not data:
                 return
             decoder.feed(data)
-            try:
-                while (body := decoder.next_body()) is not None:
-                    self._on_frame(connection, body)
-            except FrameError as error:
-                log.info("closing a connection after a framing error: %s", error.message)
-                connection.queue(error_frame(0, error.error))
-                return
 
     def _on_frame(self, connection: _Connection, body: bytes) -> None:
         request_id = 0

@@ -89,11 +89,21 @@ class FrameDecoder:
 
 
 def decode_body(body: bytes) -> dict:
-    """Decode a frame body into a map with an integer `id`, or raise BadRequest.
+    """Decode a request body into a map with an integer `id` >= 1, or raise BadRequest.
 
     On BadRequest the id (if one could be read) is in the exception's
     `request_id` attribute, so the answer can name it.
     """
+    return _decode_map(body, id_minimum=1)
+
+
+def decode_answer(body: bytes) -> dict:
+    """Decode an answer body: like a request's, but id 0 is allowed (it answers a
+    frame whose id could not be read, or refuses the connection)."""
+    return _decode_map(body, id_minimum=0)
+
+
+def _decode_map(body: bytes, id_minimum: int) -> dict:
     try:
         message = cbor2.loads(
             body,
@@ -108,8 +118,8 @@ def decode_body(body: bytes) -> dict:
     request_id = message.get("id")
     if isinstance(request_id, bool) or not isinstance(request_id, int):
         raise _with_id(BadRequest("a frame body needs an integer 'id'"), 0)
-    if not 0 < request_id <= REQUEST_ID_MAX:
-        raise _with_id(BadRequest(f"id must be in [1, {REQUEST_ID_MAX}]"), 0)
+    if not id_minimum <= request_id <= REQUEST_ID_MAX:
+        raise _with_id(BadRequest(f"id must be in [{id_minimum}, {REQUEST_ID_MAX}]"), 0)
     return message
 
 

@@ -22,7 +22,7 @@ from kvsvr.records import append_row_id
 from kvsvr.requests import parse_request
 from kvsvr.server import Node
 from kvsvr.storage import MemoryStorage, Storage
-from kvsvr.wire import FrameDecoder, decode_body, encode_frame
+from kvsvr.wire import FrameDecoder, decode_answer, encode_frame
 
 POLL_INTERVAL_SECONDS = 0.01
 WAIT_TIMEOUT_SECONDS = 10.0
@@ -126,7 +126,7 @@ async def read_answers(
                 return answers, True
             decoder.feed(data)
             while (body := decoder.next_body()) is not None:
-                answers.append(decode_body(body))
+                answers.append(decode_answer(body))
     return answers, False
 
 
@@ -158,7 +158,7 @@ def blocking_exchange(address: str, data: bytes, timeout_seconds: float = 10.0) 
                 break
             decoder.feed(chunk)
             while (body := decoder.next_body()) is not None:
-                answers.append(decode_body(body))
+                answers.append(decode_answer(body))
     return answers
 
 
