@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from kvsvr.engine import Engine, Outcome, Result
+from kvsvr.errors import KvError
 from kvsvr.limits import DEFAULT_LIMITS, Limits
 from kvsvr.records import append_row_id
 from kvsvr.requests import parse_request
@@ -232,3 +233,90 @@ def acknowledged_write_problems(
             if row[1] not in appends and row[2] not in sent:
                 problems.append(f"{table!r}: row {row!r} was never sent by a client")
     return problems
+
+
+class Writers:
+    """Concurrent writers on one Client that record every acknowledged write.
+
+    Each writer loops: put to one of `keys`, or (every third write) append to
+    `table`, with a value unique to the run, writer and sequence number. A
+    write that fails (the node went away) ends that writer: its outcome is
+    unknown, and it stays only in `acknowledged.attempted`. `floors` holds the
+    versions found after the last restart; an acknowledged version at or below
+    its key's floor means versions went backwards.
+    """
+
+    def __init__(self, label: str, keys: list[bytes], table: bytes,
+                 acknowledged: AcknowledgedWrites, floors: dict[bytes, int], acks_wanted: int):
+        self.label = label.encode()
+        self.keys = keys
+        self.table = table
+        self.acknowledged = acknowledged
+        self.floors = floors
+        self.acks_wanted = acks_wanted
+        self.acks = 0
+        self.in_flight = 0
+        self.in_flight_when_stopped = 0
+        self.version_problems: list[str] = []
+        self._enough_acks = trio.Event()
+
+    async def run_until(self, client, writer_count: int, stop_node: Callable[[], object]) -> None:
+        """Run `writer_count` writers until `acks_wanted` acks, then call `stop_node`
+        (blocking: SIGKILL, SIGTERM...) in a thread while their requests are in flight,
+        and wait for every writer to notice."""
+        async with trio.open_nursery() as nursery:
+            for writer in range(writer_count):
+                nursery.start_soon(self._write_until_failure, client, writer)
+            with trio.fail_after(60):
+                await self._enough_acks.wait()
+            self.in_flight_when_stopped = self.in_flight
+            await trio.to_thread.run_sync(stop_node)
+
+    async def _write_until_failure(self, client, writer: int) -> None:
+        sequence = 0
+        while True:
+            sequence += 1
+            value = b"%s-writer%d-%d" % (self.label, writer, sequence)
+            appending = sequence % 3 == 0
+            key = self.table if appending else self.keys[(writer + sequence) % len(self.keys)]
+            self.acknowledged.attempt(key, value)
+            self.in_flight += 1
+            try:
+                if appending:
+                    version = await client.append(key, value)
+                else:
+                    version = await client.put(key, value)
+            except KvError:
+                return  # the node is gone: this write's outcome is unknown
+            finally:
+                self.in_flight -= 1
+            if appending:
+                self.acknowledged.acknowledge_append(key, version, value)
+            else:
+                self.acknowledged.acknowledge(key, version, value)
+            if version <= self.floors.get(key, 0):
+                self.version_problems.append(
+                    f"{key!r}: version {version} after a restart that found "
+                    f"{self.floors[key]} (versions went backwards)"
+                )
+            self.acks += 1
+            if self.acks >= self.acks_wanted:
+                self._enough_acks.set()
+
+
+async def read_back(client, keys: list[bytes], table: bytes, page_rows: int = 64):
+    """What a node holds: ({key: (version, value)}, {table: full sync rows}, {key: version})."""
+    stored = {}
+    for key in keys:
+        item = await client.get(key)
+        stored[key] = (item.version, item.value) if item else (0, None)
+    rows, since = [], 0
+    while True:
+        page = await client.sync(table, since, limit=page_rows)
+        rows += [[row.row_id, row.version, row.value] for row in page.rows]
+        since = page.version
+        if not page.more:
+            break
+    versions = {key: version for key, (version, _) in stored.items()}
+    versions[table] = since
+    return stored, {table: rows}, versions
