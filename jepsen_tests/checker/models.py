@@ -160,7 +160,7 @@ class RegisterModel(Model):
 
 def _string_argument(operation: Operation) -> str:
     if not isinstance(operation.argument, str):
-        raise HistoryError(f"{operation.describe()}: a {operation.function} takes a string")
+        raise HistoryError(f"{operation.describe()}: the argument of {operation.function} must be a string")
     return operation.argument
 
 

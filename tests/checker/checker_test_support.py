@@ -20,6 +20,16 @@ from pathlib import Path
 from jepsen_tests.checker import Event, check_events, model_named
 from jepsen_tests.checker.linearizability import CheckResult
 
+# Process 1 reads 1 after process 0 has overwritten it with 2.
+STALE_READ_TEXT = """
+    0 invoke write 1
+    0 ok write 1
+    0 invoke write 2
+    0 ok write 2
+    1 invoke read
+    1 ok read 1
+"""
+
 
 def events_from_text(text: str) -> list[Event]:
     events = []

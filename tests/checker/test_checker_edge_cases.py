@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from checker_test_support import check_text
+from checker_test_support import STALE_READ_TEXT, check_text
 
 from jepsen_tests.checker import Event, Verdict, check_events, model_named
 
@@ -119,14 +119,7 @@ def test_many_identical_indeterminate_writes_are_decided_quickly() -> None:
 
 
 def test_stale_read_is_caught() -> None:
-    failure = assert_not_linearizable("""
-        0 invoke write 1
-        0 ok write 1
-        0 invoke write 2
-        0 ok write 2
-        1 invoke read
-        1 ok read 1
-    """)
+    failure = assert_not_linearizable(STALE_READ_TEXT)
     assert failure.operation.function == "read"
     assert failure.operation.result == 1
     assert failure.state_after_prefix == 2
