@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kvsvr_test_support import AcknowledgedWrites, EngineDriver, acknowledged_write_problems
 
-from kvsvr.engine import Engine
 from kvsvr.errors import ConditionFailed, NotFound, Overloaded
 from kvsvr.limits import Limits
 from kvsvr.storage import MemoryStorage
@@ -301,10 +300,8 @@ def test_every_released_answer_survives_a_crash_at_any_point(steps):
 
 def test_engine_statistics_count_what_is_waiting():
     """statistics() reports writes, batches, queued records and unsynced keys."""
-    engine = Engine(MemoryStorage(), Limits())
     store = EngineDriver()
-    store.engine = engine
-    store.storage = engine.storage
+    engine = store.engine
     store.submit("put", key=b"k", value=b"v")
     assert engine.statistics() == {
         "writes_applied": 1, "batches_synced": 0, "commit_queue_ops": 1, "unsynced_keys": 1,

@@ -212,7 +212,7 @@ def test_scan_limit_is_capped_by_scan_items_max():
     assert result["resume"] is not None
 
 
-def test_apply_is_deterministic_and_ignores_conditions():
+def test_apply_is_deterministic():
     """model.apply depends only on the state and the mutation: the same inputs give
     equal states (every replica applying the same mutations agrees, invariant 4)."""
     state = model.KeyState()

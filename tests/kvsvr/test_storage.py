@@ -63,6 +63,26 @@ def test_later_writes_win(storage):
     assert storage.get("keys", b"k") == b"3"
 
 
+def test_sync_keeps_every_unsynced_write_readable(storage):
+    """sync() after unsynced writes changes nothing visible (it only makes them durable)."""
+    storage.write([("keys", b"a", b"1")], False)
+    storage.write([("rows", b"b", b"2")], False)
+    storage.sync()
+    assert storage.get("keys", b"a") == b"1"
+    assert storage.get("rows", b"b") == b"2"
+
+
+def test_memory_sync_makes_earlier_unsynced_batches_survive_a_crash():
+    """MemoryStorage.sync() is what a WAL flush is: every batch written before it survives."""
+    storage = MemoryStorage()
+    storage.write([("keys", b"a", b"1")], False)
+    storage.sync()
+    storage.write([("keys", b"b", b"2")], False)
+    storage.crash()
+    assert storage.get("keys", b"a") == b"1"
+    assert storage.get("keys", b"b") is None
+
+
 def test_rocks_storage_keeps_synced_writes_across_reopen(tmp_path):
     """What was written and synced is there after close and reopen."""
     path = tmp_path / "db"
