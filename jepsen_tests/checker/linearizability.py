@@ -40,8 +40,9 @@ And three more that are ours, each sound for the reason given:
    one can; so the later one is only tried once the earlier one is
    linearized. This removes the factorial of identical timed-out writes.
 
-A search that may blow up has a budget, in seconds or in steps; spending
-it makes the answer `unknown`, never a guess.
+A search that may blow up has a budget, in seconds or in steps, and a cap
+on the configurations it remembers; spending either makes the answer
+`unknown`, never a guess.
 
 When the answer is no, the explanation is the deepest point the search
 reached: the longest linearizable prefix it found, the state after it, and
@@ -64,6 +65,11 @@ from .models import REJECTED, Model
 # that a budget of a tenth of a second is kept to within a few milliseconds.
 # A step budget is therefore kept to within this many steps.
 steps_between_clock_checks = 2048
+
+# The memo of explored configurations is the search's memory: a few hundred
+# bytes each, so this many is about a gigabyte. Past it the answer is
+# `unknown`, as when the time runs out: a checker must not take CI down.
+explored_configurations_max = 4_000_000
 
 
 class Verdict(enum.Enum):
@@ -185,7 +191,7 @@ def check_key(
     """Decide whether one key's operations are linearizable."""
     started = time.perf_counter()
     compiled = []
-    for operation in operations:
+    for operation in model.operations_worth_checking(operations):
         transition = model.transition(operation)
         if transition is not None:
             compiled.append((operation, transition))
@@ -301,8 +307,10 @@ class _Search:
         while remaining:
             steps += 1
             if not steps & clock_check_mask:
-                if (deadline is not None and time.perf_counter() > deadline) or (
-                    budget_steps is not None and steps > budget_steps
+                if (
+                    (deadline is not None and time.perf_counter() > deadline)
+                    or (budget_steps is not None and steps > budget_steps)
+                    or len(explored) > explored_configurations_max
                 ):
                     self.steps = steps
                     return Verdict.UNKNOWN

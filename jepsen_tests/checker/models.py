@@ -37,7 +37,7 @@ The models:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +87,10 @@ class Model:
 
     def _transition(self, operation: Operation) -> Transition | None:
         raise NotImplementedError
+
+    def operations_worth_checking(self, operations: Sequence[Operation]) -> list[Operation]:
+        """One key's operations less any that provably cannot change the verdict."""
+        return list(operations)
 
     def _failed_transition(self, operation: Operation) -> Transition | None:
         return None
@@ -227,6 +231,35 @@ class TableAppendModel(Model):
             return state if len(state) == length and state[since:] == entries else REJECTED
 
         return Transition(sync, is_observation=True)
+
+    def operations_worth_checking(self, operations: Sequence[Operation]) -> list[Operation]:
+        """Leave out indeterminate appends of entries that no read ever returned.
+
+        Such an append may as well never have happened: if it did, no read
+        came after it (a read after it would have returned its entry), so
+        everything after it is appends and leaving it out changes no result.
+        Without this, every timed-out append nobody saw stays a choice
+        (now or later?) for the rest of the history, and the search doubles
+        with each one. A sync from a position past 0 hides the entries
+        before that position, so with one of those nothing is left out.
+        """
+        observed_entries: set[Any] = set()
+        for operation in operations:
+            if operation.function == "append" or operation.status != "ok":
+                continue
+            if operation.function == "sync" and operation.argument not in (None, 0):
+                return list(operations)
+            if isinstance(operation.result, tuple):
+                observed_entries.update(operation.result)
+        return [
+            operation
+            for operation in operations
+            if not (
+                operation.is_indeterminate
+                and operation.function == "append"
+                and operation.argument not in observed_entries
+            )
+        ]
 
     def describe_state(self, state: State) -> str:
         shown = ", ".join(repr(entry) for entry in state[-8:])

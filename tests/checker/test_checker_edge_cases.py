@@ -6,11 +6,12 @@ why the verdict is what it is.
 
 from __future__ import annotations
 
+import json
 import time
 
 from checker_test_support import STALE_READ_TEXT, check_text
 
-from jepsen_tests.checker import Event, Verdict, check_events, model_named
+from jepsen_tests.checker import Event, Verdict, check_events, linearizability, model_named
 
 
 def assert_linearizable(text: str, model_name: str = "register") -> None:
@@ -254,6 +255,24 @@ def test_retried_append_that_timed_out_may_appear_twice() -> None:
     )
 
 
+def test_many_timed_out_appends_nobody_read_are_decided_quickly() -> None:
+    # Thirty appends time out and are never read, between reads that pin the
+    # others: each could still happen at any later moment, so without
+    # leaving them out the search doubles with every one.
+    lines = []
+    table = []
+    for round_number in range(30):
+        lines += [f'{100 + round_number} invoke append "lost{round_number}"', f"{100 + round_number} info append"]
+        lines += [f'0 invoke append "m{round_number}"', f'0 ok append "m{round_number}"']
+        table.append(f"m{round_number}")
+        lines += ["1 invoke read", f"1 ok read {json.dumps(table)}"]
+    lines += ["1 invoke read", f'1 ok read {json.dumps(table + ["never appended"])}']
+    started = time.perf_counter()
+    result = check_text("\n".join(lines), "table-append")
+    assert result.verdict is Verdict.NOT_LINEARIZABLE
+    assert time.perf_counter() - started < 5
+
+
 # --- compare-and-set ---------------------------------------------------------------
 
 
@@ -381,3 +400,9 @@ def test_step_budget_answers_unknown_after_that_many_steps() -> None:
     result = check_events(_pathological_history(), model_named("register"), budget_steps=10_000)
     assert result.verdict is Verdict.UNKNOWN
     assert 10_000 <= result.steps <= 10_000 + 4096
+
+
+def test_memory_cap_answers_unknown(monkeypatch) -> None:
+    monkeypatch.setattr(linearizability, "explored_configurations_max", 1000)
+    result = check_events(_pathological_history(), model_named("register"))
+    assert result.verdict is Verdict.UNKNOWN
