@@ -36,7 +36,7 @@ from collections import defaultdict
 import trio
 
 from kvsvr.engine import Engine, Result
-from kvsvr.errors import KvError, Overloaded
+from kvsvr.errors import BadRequest, KvError, Overloaded
 from kvsvr.limits import DEFAULT_LIMITS, Limits
 from kvsvr.requests import Status, parse_request
 from kvsvr.storage import Storage
@@ -54,6 +54,7 @@ class _Connection:
         self.requests_in_flight = 0
         self.closed = False
         self.receiving_done = False
+        self.decoder: FrameDecoder | None = None  # kept for a peer takeover
         self._outgoing_ready = trio.Event()
         self._room_for_requests = trio.Event()
 
@@ -97,33 +98,146 @@ class _Connection:
             await self.stream.send_all(data)
 
 
-class Node:
-    """A single KVSvr node serving clients from one storage."""
+class FrameServer:
+    """Client connections and their frames; what a request does is the subclass's.
 
-    def __init__(self, storage: Storage, limits: Limits = DEFAULT_LIMITS):
-        self.storage = storage
+    A subclass implements `handle_request(connection, request_id, request)`,
+    answering at once with `connection.queue(...)` or later (after a sync)
+    with `connection.answer_waited(...)` after raising
+    `connection.requests_in_flight`. A connection whose first frame is
+    `{"op": "peer", ...}` is handed to `peer_takeover` (replica groups).
+    """
+
+    kind = "frame-server"
+
+    def __init__(self, limits: Limits):
         self.limits = limits
-        self.engine = Engine(storage, limits)
         self.connections: set[_Connection] = set()
         self.started_at = time.monotonic()
         self.listen_addresses: list[str] = []
+        self.connections_refused = 0
+
+    async def listen(self, nursery: trio.Nursery, host: str, port: int) -> list[str]:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, self._handle_connection, port, host=host)
+        )
+        self.listen_addresses = [_address(listener) for listener in listeners]
+        return self.listen_addresses
+
+    def handle_request(self, connection: _Connection, request_id: int, request) -> None:
+        raise NotImplementedError  # each kind of node answers requests its own way
+
+    def peer_takeover(self, hello: dict):
+        """The coroutine function that serves a peer connection, given its hello."""
+        raise BadRequest("this node is not in a replica group: no peer connections")
+
+    def status_details(self) -> Result:
+        return {}
+
+    def status(self) -> Result:
+        return {
+            "node": self.kind,
+            "listen": self.listen_addresses,
+            "uptime_seconds": math.floor(time.monotonic() - self.started_at),
+            "connections": len(self.connections),
+            "connections_refused": self.connections_refused,
+            **self.status_details(),
+        }
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        if len(self.connections) >= self.limits.connections_max:
+            self.connections_refused += 1
+            await _refuse(stream, self.limits.connections_max)
+            return
+        connection = _Connection(stream)
+        self.connections.add(connection)
+        takeover = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_until_broken, connection, nursery.cancel_scope)
+                takeover = await self._receive_until_closed(connection)
+                # The sender finishes once every answer owed has gone out.
+                connection.finish_receiving()
+            if takeover is not None:
+                self.connections.discard(connection)
+                await takeover(connection)
+        finally:
+            connection.closed = True
+            self.connections.discard(connection)
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await stream.aclose()
+
+    async def _send_until_broken(self, connection: _Connection, scope: trio.CancelScope) -> None:
+        try:
+            await connection.send_until_done()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()  # the client went away; stop reading too
+
+    async def _receive_until_closed(self, connection: _Connection):
+        decoder = connection.decoder = FrameDecoder(self.limits.frame_size_max_bytes)
+        receive_size = self.limits.receive_size_max_bytes
+        in_flight_max = self.limits.connection_requests_in_flight_max
+        outgoing_max = self.limits.connection_outgoing_max_bytes
+        while True:
+            # Checked before every frame, not every receive: one receive can
+            # hold thousands of small requests with large answers.
+            await connection.wait_for_room(in_flight_max, outgoing_max)
+            try:
+                body = decoder.next_body()
+            except FrameError as error:
+                log.info("closing a connection after a framing error: %s", error.message)
+                connection.queue(error_frame(0, error.error))
+                return None
+            if body is not None:
+                takeover = self._on_frame(connection, body)
+                if takeover is not None:
+                    return takeover
+                continue
+            try:
+                data = await connection.stream.receive_some(receive_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not data:
+                return None
+            decoder.feed(data)
+
+    def _on_frame(self, connection: _Connection, body: bytes):
+        request_id = 0
+        try:
+            message = decode_body(body)
+            request_id = message["id"]
+            if message.get("op") == "peer":
+                return self.peer_takeover(message)
+            request = parse_request(message, self.limits)
+            if isinstance(request, Status):
+                connection.queue(answer_frame(request_id, self.status()))
+                return None
+            self.handle_request(connection, request_id, request)
+        except KvError as error:
+            connection.queue(error_frame(getattr(error, "request_id", request_id), error))
+        return None
+
+
+class Node(FrameServer):
+    """A single KVSvr node serving clients from one storage."""
+
+    kind = "single"
+
+    def __init__(self, storage: Storage, limits: Limits = DEFAULT_LIMITS):
+        super().__init__(limits)
+        self.storage = storage
+        self.engine = Engine(storage, limits)
         # generation -> [(connection, request id, answer or function computing it)]
         self._waiting_for_commit: dict[int, list] = defaultdict(list)
         self._batch_ready = trio.Event()
-        self.connections_refused = 0
-
-    # -- serving -----------------------------------------------------------------
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled, then flush what is pending."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commit_forever)
-                listeners = await nursery.start(
-                    functools.partial(trio.serve_tcp, self._handle_connection, port, host=host)
-                )
-                self.listen_addresses = [_address(listener) for listener in listeners]
-                task_status.started(self.listen_addresses)
+                task_status.started(await self.listen(nursery, host, port))
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_pending()
@@ -152,71 +266,8 @@ class Node:
             for connection, request_id, answer in self._waiting_for_commit.pop(generation, ()):
                 connection.answer_waited(_answer(request_id, answer))
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
-        if len(self.connections) >= self.limits.connections_max:
-            self.connections_refused += 1
-            await _refuse(stream, self.limits.connections_max)
-            return
-        connection = _Connection(stream)
-        self.connections.add(connection)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_until_broken, connection, nursery.cancel_scope)
-                await self._receive_until_closed(connection)
-                # The sender finishes once every answer owed has gone out.
-                connection.finish_receiving()
-        finally:
-            connection.closed = True
-            self.connections.discard(connection)
-            with trio.move_on_after(1) as cleanup:
-                cleanup.shield = True
-                await stream.aclose()
-
-    async def _send_until_broken(self, connection: _Connection, scope: trio.CancelScope) -> None:
-        try:
-            await connection.send_until_done()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            scope.cancel()  # the client went away; stop reading too
-
-    async def _receive_until_closed(self, connection: _Connection) -> None:
-        decoder = FrameDecoder(self.limits.frame_size_max_bytes)
-        receive_size = self.limits.receive_size_max_bytes
-        in_flight_max = self.limits.connection_requests_in_flight_max
-        outgoing_max = self.limits.connection_outgoing_max_bytes
-        while True:
-            # Checked before every frame, not every receive: one receive can
-            # hold thousands of small requests with large answers.
-            await connection.wait_for_room(in_flight_max, outgoing_max)
-            try:
-                body = decoder.next_body()
-            except FrameError as error:
-                log.info("closing a connection after a framing error: %s", error.message)
-                connection.queue(error_frame(0, error.error))
-                return
-            if body is not None:
-                self._on_frame(connection, body)
-                continue
-            try:
-                data = await connection.stream.receive_some(receive_size)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            decoder.feed(data)
-
-    def _on_frame(self, connection: _Connection, body: bytes) -> None:
-        request_id = 0
-        try:
-            message = decode_body(body)
-            request_id = message["id"]
-            request = parse_request(message, self.limits)
-            if isinstance(request, Status):
-                connection.queue(answer_frame(request_id, self.status()))
-                return
-            outcome = self.engine.execute(request)
-        except KvError as error:
-            connection.queue(error_frame(getattr(error, "request_id", request_id), error))
-            return
+    def handle_request(self, connection: _Connection, request_id: int, request) -> None:
+        outcome = self.engine.execute(request)
         if outcome.generation == 0:
             connection.queue(_answer(request_id, outcome.result))
             return
@@ -224,15 +275,8 @@ class Node:
         self._waiting_for_commit[outcome.generation].append((connection, request_id, outcome.result))
         self._batch_ready.set()
 
-    def status(self) -> Result:
-        return {
-            "node": "single",
-            "listen": self.listen_addresses,
-            "uptime_seconds": math.floor(time.monotonic() - self.started_at),
-            "connections": len(self.connections),
-            "connections_refused": self.connections_refused,
-            **self.engine.statistics(),
-        }
+    def status_details(self) -> Result:
+        return self.engine.statistics()
 
 
 def _answer(request_id: int, answer) -> bytes:
