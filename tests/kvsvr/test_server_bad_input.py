@@ -256,7 +256,7 @@ async def test_a_client_that_never_reads_answers_does_not_grow_the_node_without_
         def counting_frames(connection, body):
             nonlocal frames_taken
             frames_taken += 1
-            take_frame(connection, body)
+            return take_frame(connection, body)
 
         node._on_frame = counting_frames
         stream = await open_raw(address)
