@@ -11,6 +11,8 @@ import trio
 
 from kvsvr.addresses import DEFAULT_ADDRESS, DEFAULT_DATA_DIR, AddressError, parse_address
 from kvsvr.limits import Limits
+from kvsvr.replication.node import ReplicaNode, parse_group, run_replica_until_signalled
+from kvsvr.replication.replica import ReplicaOptions
 from kvsvr.server import Node, run_until_signalled
 from kvsvr.storage import RocksStorage, StorageError
 
@@ -55,6 +57,29 @@ def main() -> None:
     type=click.IntRange(1),
     help="Client connections served at once.",
 )
+@click.option(
+    "--node-id",
+    type=click.IntRange(1),
+    help="This node's id in --group (with --group: run as a member of a replica group).",
+)
+@click.option(
+    "--group",
+    help="The replica group, 3 or 5 members: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT. "
+    "The node listens on its own address and connects to peers from it.",
+)
+@click.option(
+    "--tick-seconds",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0.001, 1.0),
+    help="How long a protocol tick lasts (timeouts are counted in ticks).",
+)
+@click.option(
+    "--test-only-bug",
+    type=click.Choice(["read-without-quorum"]),
+    hidden=True,
+    help="Switch off a safety rule, to show the fault suite catches it. Never in production.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log every connection event.")
 def serve(
     data_dir: str,
@@ -62,9 +87,19 @@ def serve(
     value_size_max_bytes: int,
     frame_size_max_bytes: int,
     connections_max: int,
+    node_id: int | None,
+    group: str | None,
+    tick_seconds: float,
+    test_only_bug: str | None,
     verbose: bool,
 ) -> None:
-    """Run a node until SIGTERM or SIGINT."""
+    """Run a node until SIGTERM or SIGINT.
+
+    \b
+    Alone (the embedded default):  kvsvr serve
+    In a replica group of three:   kvsvr serve --node-id 1 --data-dir d1 \\
+                                     --group 1=127.0.0.1:7421,2=127.0.0.1:7422,3=127.0.0.1:7423
+    """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -78,12 +113,29 @@ def serve(
         )
     except (AddressError, ValueError) as error:
         raise click.UsageError(str(error)) from None
+    if (node_id is None) != (group is None):
+        raise click.UsageError("--node-id and --group go together")
+    members = None
+    if group is not None:
+        try:
+            members = parse_group(group)
+        except AddressError as error:
+            raise click.UsageError(str(error)) from None
+        if node_id not in members:
+            raise click.UsageError(f"--node-id {node_id} is not in --group")
     try:
         storage = RocksStorage(data_dir)
     except StorageError as error:
         click.echo(f"kvsvr: {error}", err=True)
         sys.exit(2)
-    trio.run(run_until_signalled, Node(storage, limits), host, port)
+    if members is None:
+        trio.run(run_until_signalled, Node(storage, limits), host, port)
+        return
+    options = ReplicaOptions(bug_read_without_quorum=test_only_bug == "read-without-quorum")
+    if test_only_bug:
+        logging.getLogger("kvsvr").warning("TEST-ONLY BUG SWITCHED ON: %s", test_only_bug)
+    node = ReplicaNode(node_id, members, storage, limits, options, tick_seconds=tick_seconds)
+    trio.run(run_replica_until_signalled, node)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,11 @@ class FrameError(KvError):
 
 
 def encode_frame(body: dict) -> bytes:
-    payload = cbor2.dumps(body)
+    return frame_from_body(cbor2.dumps(body))
+
+
+def frame_from_body(payload: bytes) -> bytes:
+    """A frame around an already encoded body."""
     return _HEADER.pack(len(payload), crc32c.crc32c(payload)) + payload
 
 
