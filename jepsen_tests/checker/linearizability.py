@@ -125,12 +125,13 @@ class CheckResult:
 
     def describe(self) -> str:
         if self.verdict is Verdict.LINEARIZABLE:
-            return f"linearizable ({len(self.key_results)} keys, {self.steps} steps, {self.seconds:.3f} s)"
+            return f"linearizable ({len(self.key_results)} keys, {self.steps} steps, {self.seconds * 1000:.1f} ms)"
         if self.verdict is Verdict.UNKNOWN:
             keys = ", ".join(repr(key) for key in self.unknown_keys)
-            return f"unknown: the budget ran out on key {keys} after {self.steps} steps, {self.seconds:.3f} s"
+            where = "" if self.unknown_keys == (None,) else f" on key {keys}"
+            return f"unknown: the budget ran out{where} after {self.steps} steps, {self.seconds * 1000:.1f} ms"
         assert self.failure is not None
-        return "not linearizable: " + self.failure.describe()
+        return f"not linearizable ({self.steps} steps, {self.seconds * 1000:.1f} ms): " + self.failure.describe()
 
 
 def check_events(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import pytest
 from checker_test_support import STALE_READ_TEXT, check_text, events_from_text
@@ -214,3 +215,11 @@ def test_timeline_marks_the_failing_operation_and_numbers_the_prefix() -> None:
     assert "read → 1" in labels
     assert "write 3 ?" in labels
     assert "cannot be linearized" in page
+
+
+def test_the_example_history_in_the_docs_reads_and_is_linearizable() -> None:
+    document = (Path(__file__).resolve().parents[2] / "docs" / "checker.md").read_text()
+    example = document.split("```json\n", 1)[1].split("```", 1)[0]
+    events = parse_history_lines(example.splitlines(), "jsonl", "docs/checker.md")
+    assert len(events) == 6
+    assert check_events(events, model_named("register")).verdict is Verdict.LINEARIZABLE
