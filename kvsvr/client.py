@@ -17,19 +17,24 @@ What a failure means (PROTOCOL.md invariant 6):
 - every other error (`ConditionFailed`, `Overloaded`, `Unavailable` when
   no connection could be made...) means the operation did not take effect.
 
-Routing: every call goes through `_route(key)`, which today picks the one
-node (trying the given addresses in order until one connects). Routing to
-the right replica group replaces `_route` and leaves call sites alone.
+Routing: every call goes through `_route(key)`. Given the addresses of a
+replica group (in node-id order), it sends each key to its preferred
+coordinator, `addresses[crc32c(key) % n]`, so that node keeps the key's
+promise and writes take the one-round-trip fast path; when that node
+can't be reached it tries the next. Routing keys to the right group of a
+cluster replaces `_route` and leaves call sites alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+import crc32c
 import trio
 
 from kvsvr.addresses import DEFAULT_ADDRESS, parse_address_list
@@ -188,10 +193,10 @@ class Client:
             _format(host, port) for host, port in parse_address_list(addresses or DEFAULT_ADDRESS)
         ]
         self.timeout_seconds = timeout_seconds
-        self._link: _Link | None = None
+        self._links: dict[str, _Link] = {}
         self._nursery: trio.Nursery | None = None
         self._nursery_manager = None
-        self._connect_lock = trio.Lock()
+        self._connect_locks = {address: trio.Lock() for address in self.addresses}
 
     async def __aenter__(self) -> Client:
         self._nursery_manager = trio.open_nursery()
@@ -199,8 +204,8 @@ class Client:
         return self
 
     async def __aexit__(self, *exc_info) -> bool | None:
-        if self._link is not None:
-            await self._link.aclose()
+        for link in self._links.values():
+            await link.aclose()
         self._nursery.cancel_scope.cancel()
         return await self._nursery_manager.__aexit__(*exc_info)
 
@@ -345,29 +350,45 @@ class Client:
             raise Timeout(f"{op}: malformed answer from {link.address}; the outcome is unknown")
         return result
 
+    def preferred_address(self, key: bytes | None) -> str:
+        """The node that coordinates `key` when it is up: the same for every client
+        given the group's addresses in the same order (by node id)."""
+        if key is None or len(self.addresses) == 1:
+            return self.addresses[0]
+        return self.addresses[crc32c.crc32c(key) % len(self.addresses)]
+
     async def _route(self, key: bytes | None, deadline: float) -> _Link:
-        link = self._link
-        if link is not None and link.broken is None:
-            return link
-        async with self._connect_lock:
-            if self._link is not None and self._link.broken is None:
-                return self._link
-            if self._nursery is None:
-                raise RuntimeError("use the client as `async with Client(...) as client:`")
-            failures = []
-            for address in self.addresses:
-                host, port = parse_address_list(address)[0]
-                with trio.move_on_at(min(deadline, trio.current_time() + CONNECT_TIMEOUT_SECONDS)):
-                    try:
-                        stream = await trio.open_tcp_stream(host, port)
-                    except OSError as error:
-                        failures.append(f"{address}: {error.strerror or error}")
-                        continue
-                    stream.setsockopt(6, 1, 1)  # TCP_NODELAY: frames go out at once
-                    self._link = _Link(address, stream, self._nursery)
-                    return self._link
-                failures.append(f"{address}: connect timed out")
-            raise Unavailable("cannot connect: " + "; ".join(failures))
+        """A link to key's preferred node, or to the next one that answers."""
+        if self._nursery is None:
+            raise RuntimeError("use the client as `async with Client(...) as client:`")
+        preferred = self.addresses.index(self.preferred_address(key))
+        candidates = self.addresses[preferred:] + self.addresses[:preferred]
+        failures = []
+        for address in candidates:
+            link = self._links.get(address)
+            if link is not None and link.broken is None:
+                return link
+            try:
+                return await self._connect(address, deadline)
+            except Unavailable as error:
+                failures.append(error.message)
+        raise Unavailable("cannot connect: " + "; ".join(failures))
+
+    async def _connect(self, address: str, deadline: float) -> _Link:
+        async with self._connect_locks[address]:
+            link = self._links.get(address)
+            if link is not None and link.broken is None:
+                return link
+            host, port = parse_address_list(address)[0]
+            with trio.move_on_at(min(deadline, trio.current_time() + CONNECT_TIMEOUT_SECONDS)):
+                try:
+                    stream = await trio.open_tcp_stream(host, port)
+                except OSError as error:
+                    raise Unavailable(f"{address}: {error.strerror or error}") from None
+                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # frames go at once
+                self._links[address] = _Link(address, stream, self._nursery)
+                return self._links[address]
+            raise Unavailable(f"{address}: connect timed out")
 
 
 def _add_condition(body: dict, expected_version: int | None, expected_value: object) -> None:
