@@ -116,12 +116,13 @@ def _write_timeline(timeline_path: Path, history_path: Path, result: CheckResult
         click.echo("the history has no operations; no timeline written", err=True)
         return
     key_result = next(key_result for key_result in result.key_results if key_result.key == chosen_key)
-    title = f"{history_path.name}, key {chosen_key!r}: {result.verdict.value}"
+    of_key = "" if chosen_key is None else f" of key {chosen_key!r}"
+    title = f"{history_path.name}{of_key}: {result.verdict.value}"
     try:
         write_timeline(timeline_path, key_result.operations, key_result.failure, title)
     except OSError as error:
         _exit_bad_input(f"{timeline_path}: cannot write the timeline: {error}")
-    click.echo(f"timeline of key {chosen_key!r} written to {timeline_path}")
+    click.echo(f"timeline{of_key} written to {timeline_path}")
 
 
 def _exit_bad_input(message: str) -> None:
