@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .history import Event, Operation, operations_from_events
-from .models import REJECTED, Model
+from .models import REJECTED, Model, Transition
 
 # How many search steps run between looks at the clock and the step budget:
 # looking costs about as much as a step, so look rarely, but often enough
@@ -154,7 +154,8 @@ def check_operations(
 
     The budgets are shared by all keys. A key whose search runs out of
     budget is `unknown`; the history is then unknown unless another key
-    fails outright.
+    fails outright. Every operation is compiled before any search starts,
+    so a malformed operation is a `HistoryError` whatever key it is on.
     """
     started = time.perf_counter()
     deadline = None if budget_seconds is None else started + budget_seconds
@@ -162,10 +163,13 @@ def check_operations(
     operations_by_key: dict[Hashable | None, list[Operation]] = {}
     for operation in operations:
         operations_by_key.setdefault(operation.key, []).append(operation)
+    compiled_by_key = {
+        key: _compile(model, key_operations) for key, key_operations in operations_by_key.items()
+    }
     key_results = []
     unknown_keys = []
     for key, key_operations in operations_by_key.items():
-        result = check_key(key, key_operations, model, deadline, steps_left)
+        result = _search_key(key, key_operations, compiled_by_key[key], model, deadline, steps_left)
         key_results.append(result)
         if steps_left is not None:
             steps_left = max(0, steps_left - result.steps)
@@ -190,12 +194,28 @@ def check_key(
     budget_steps: int | None = None,
 ) -> KeyResult:
     """Decide whether one key's operations are linearizable."""
-    started = time.perf_counter()
+    return _search_key(key, operations, _compile(model, operations), model, deadline, budget_steps)
+
+
+def _compile(model: Model, operations: Sequence[Operation]) -> list[tuple[Operation, Transition]]:
+    """The operations that matter to the search, each with its transition."""
     compiled = []
     for operation in model.operations_worth_checking(operations):
         transition = model.transition(operation)
         if transition is not None:
             compiled.append((operation, transition))
+    return compiled
+
+
+def _search_key(
+    key: Hashable | None,
+    operations: Sequence[Operation],
+    compiled: list[tuple[Operation, Transition]],
+    model: Model,
+    deadline: float | None,
+    budget_steps: int | None,
+) -> KeyResult:
+    started = time.perf_counter()
     search = _Search(model, compiled, deadline, budget_steps)
     verdict = search.run()
     failure = None
@@ -219,7 +239,7 @@ class _Search:
     def __init__(
         self,
         model: Model,
-        compiled: list[tuple[Operation, Any]],
+        compiled: list[tuple[Operation, Transition]],
         deadline: float | None,
         budget_steps: int | None,
     ) -> None:

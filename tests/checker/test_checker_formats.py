@@ -223,3 +223,8 @@ def test_the_example_history_in_the_docs_reads_and_is_linearizable() -> None:
     events = parse_history_lines(example.splitlines(), "jsonl", "docs/checker.md")
     assert len(events) == 6
     assert check_events(events, model_named("register")).verdict is Verdict.LINEARIZABLE
+
+
+def test_malformed_operation_on_a_later_key_is_found_even_when_an_earlier_key_fails() -> None:
+    with pytest.raises(HistoryError, match="a cas argument must be"):
+        check_text(STALE_READ_TEXT.replace("1 ok read 1", "1 ok read 1\n2 invoke cas key=b 5\n2 ok cas key=b 5"))
