@@ -100,3 +100,45 @@ class NodeProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+class GroupProcesses:
+    """A replica group of real node processes, node i on 127.0.0.i.
+
+    Each node listens on its own loopback address and connects to its peers
+    from it, so a partition between two addresses is a partition between
+    two nodes.
+    """
+
+    def __init__(self, root: Path, members: int = 3, extra_args: tuple[str, ...] = (),
+                 base_port: int | None = None):
+        assert members in (3, 5)
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        hosts = [f"127.0.0.{node_id}" for node_id in range(1, members + 1)]
+        port = base_port or free_port()
+        # One port for all: each node has its own address, so they never clash.
+        self.group_text = ",".join(f"{index + 1}={host}:{port}" for index, host in enumerate(hosts))
+        self.nodes = {
+            index + 1: NodeProcess(
+                self.root / f"n{index + 1}",
+                host,
+                port,
+                ("--node-id", str(index + 1), "--group", self.group_text, *extra_args),
+            )
+            for index, host in enumerate(hosts)
+        }
+
+    @property
+    def addresses(self) -> str:
+        """The client's address list, in node-id order."""
+        return ",".join(node.address for node in self.nodes.values())
+
+    def start(self) -> GroupProcesses:
+        for node in self.nodes.values():
+            node.start()
+        return self
+
+    def kill_all(self) -> None:
+        for node in self.nodes.values():
+            node.kill()

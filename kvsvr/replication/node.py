@@ -65,6 +65,11 @@ PEER_SEND_BATCH_MAX_BYTES = 1024 * 1024
 PEER_RECONNECT_MIN_SECONDS = 0.05
 PEER_RECONNECT_MAX_SECONDS = 1.0
 DEFAULT_TICK_SECONDS = 0.01
+# A peer counts as reachable while it was heard from this recently (peers
+# ack each other's streams every few ticks, so a live peer is heard often).
+# With fewer than a majority reachable, requests are refused `unavailable`
+# before anything is proposed: a definite failure, not a timeout.
+PEER_ALIVE_SECONDS = 1.0
 
 
 def channel_of(message: Message) -> str:
@@ -168,11 +173,14 @@ class ReplicaNode(FrameServer):
         self._next_call_id = 1
         self.syncs = 0
         self.peer_messages_received = 0
+        self._last_heard: dict[int, float] = {}
 
     # -- serving -----------------------------------------------------------------
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.group[self.node_id]
+        # Peers count as heard at start, so a fresh group serves at once.
+        self._last_heard = {peer: trio.current_time() for peer in self.group if peer != self.node_id}
         # R1: the new incarnation is synced before anything is sent.
         effects = self.replica.start()
         assert not effects.messages and not effects.replies
@@ -267,11 +275,22 @@ class ReplicaNode(FrameServer):
             result["stale"] = True
             connection.queue(answer_frame(request_id, result))
             return
+        reachable = self.reachable_members()
+        if reachable < self.replica.majority:
+            connection.queue(error_frame(request_id, Unavailable(
+                f"only {reachable} of {len(self.group)} members are reachable; "
+                f"a majority ({self.replica.majority}) is needed")))
+            return
         call_id = self._next_call_id
         self._next_call_id += 1
         self._calls[call_id] = (connection, request_id)
         connection.requests_in_flight += 1
         self._carry_out(self.replica.submit(call_id, request))
+
+    def reachable_members(self) -> int:
+        now = trio.current_time()
+        heard = sum(1 for moment in self._last_heard.values() if now - moment < PEER_ALIVE_SECONDS)
+        return 1 + heard
 
     def status_details(self) -> dict:
         links = {
@@ -286,6 +305,7 @@ class ReplicaNode(FrameServer):
             "syncs": self.syncs,
             "peer_messages_received": self.peer_messages_received,
             "calls_in_flight": len(self._calls),
+            "reachable_members": self.reachable_members(),
             "links": links,
         }
 
@@ -307,6 +327,7 @@ class ReplicaNode(FrameServer):
                 while (body := decoder.next_body()) is not None:
                     message = decode_message(body)
                     self.peer_messages_received += 1
+                    self._last_heard[source] = trio.current_time()
                     self._carry_out(self.replica.step(source, message))
             except (FrameError, CodecError) as error:
                 log.warning("dropping the link from n%d: %s", source, error)
