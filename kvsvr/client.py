@@ -211,10 +211,17 @@ class Client:
 
     # -- Key-Value -------------------------------------------------------------
 
-    async def get(self, key: bytes, *, timeout: float | None = None) -> Item | None:
-        """The value and version of `key`, or None if it holds no value."""
+    async def get(
+        self, key: bytes, *, stale: bool = False, timeout: float | None = None
+    ) -> Item | None:
+        """The value and version of `key`, or None if it holds no value.
+
+        Linearizable by default. `stale=True` answers from the serving node's
+        own state without asking a quorum: faster, possibly behind.
+        """
+        body = {"key": key, "stale": True} if stale else {"key": key}
         try:
-            result = await self.call("get", key, {"key": key}, timeout)
+            result = await self.call("get", key, body, timeout)
         except KvError as error:
             if error.code == "not_found":
                 return None
@@ -296,10 +303,16 @@ class Client:
         return (await self.call("append", key, {"key": key, "value": value}, timeout))["version"]
 
     async def sync(
-        self, key: bytes, since: int = 0, *, limit: int | None = None, timeout: float | None = None
+        self,
+        key: bytes,
+        since: int = 0,
+        *,
+        limit: int | None = None,
+        stale: bool = False,
+        timeout: float | None = None,
     ) -> SyncResult:
         """Rows changed after version `since`, and the version they bring you to."""
-        body = _without_none(key=key, since=since, limit=limit)
+        body = _without_none(key=key, since=since, limit=limit, stale=stale or None)
         result = await self.call("sync", key, body, timeout)
         return SyncResult(result["version"], [Row(*row) for row in result["rows"]], result["more"])
 
@@ -320,9 +333,10 @@ class Client:
         *,
         start_row: bytes | None = None,
         limit: int | None = None,
+        stale: bool = False,
         timeout: float | None = None,
     ) -> Page:
-        body = _without_none(key=key, start_row=start_row, limit=limit)
+        body = _without_none(key=key, start_row=start_row, limit=limit, stale=stale or None)
         result = await self.call("table_rows", key, body, timeout)
         return Page([Row(*row) for row in result["rows"]], result["resume"])
 

@@ -22,6 +22,7 @@ from kvsvr.records import prefix_end
 @dataclasses.dataclass(frozen=True, slots=True)
 class Get:
     key: bytes
+    stale: bool = False  # answer from the serving node's own state, without a quorum
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,12 +44,14 @@ class Sync:
     key: bytes
     since: int
     limit: int
+    stale: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TableGet:
     key: bytes
     row_id: bytes
+    stale: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class TableRows:
     key: bytes
     start_row: bytes
     limit: int
+    stale: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,6 +128,12 @@ class _Fields:
             raise BadRequest(f"{self.op}: field {name!r} must be in [{minimum}, 2**63)")
         return value
 
+    def flag(self, name: str) -> bool:
+        value = self.body.get(name, False)
+        if not isinstance(value, bool):
+            raise BadRequest(f"{self.op}: field {name!r} must be true or false")
+        return value
+
     def limit(self) -> int:
         items_max = self.limits.scan_items_max
         limit = self.integer("limit", default=items_max, minimum=1)
@@ -159,7 +169,7 @@ class _Fields:
 
 
 def _parse_get(fields: _Fields) -> Request:
-    return Get(fields.key())
+    return Get(fields.key(), fields.flag("stale"))
 
 
 def _parse_put(fields: _Fields) -> Request:
@@ -220,18 +230,21 @@ def _parse_scan(fields: _Fields) -> Request:
 
 
 def _parse_sync(fields: _Fields) -> Request:
-    return Sync(fields.key(), fields.integer("since", default=0), fields.limit())
+    return Sync(
+        fields.key(), fields.integer("since", default=0), fields.limit(), fields.flag("stale")
+    )
 
 
 def _parse_table_get(fields: _Fields) -> Request:
     key = fields.key()
-    return TableGet(key, fields.row_id(fields.body.get("row_id"), "field 'row_id'"))
+    row_id = fields.row_id(fields.body.get("row_id"), "field 'row_id'")
+    return TableGet(key, row_id, fields.flag("stale"))
 
 
 def _parse_table_rows(fields: _Fields) -> Request:
     key = fields.key()
     start_row = fields.bytes("start_row", fields.limits.key_size_max_bytes + 1, required=False)
-    return TableRows(key, start_row or b"", fields.limit())
+    return TableRows(key, start_row or b"", fields.limit(), fields.flag("stale"))
 
 
 _PARSERS = {

@@ -38,10 +38,11 @@ import trio
 from kvsvr.addresses import AddressError, parse_address
 from kvsvr.errors import KvError, Unavailable
 from kvsvr.limits import DEFAULT_LIMITS, Limits
+from kvsvr.model import value_or_not_found
 from kvsvr.replication.codec import CodecError, decode_message, encode_message
 from kvsvr.replication.messages import STREAM_MESSAGES, Effects, Message
 from kvsvr.replication.replica import Replica, ReplicaOptions
-from kvsvr.requests import Ping, Scan
+from kvsvr.requests import Get, Ping, Scan
 from kvsvr.server import FrameServer, _Connection
 from kvsvr.storage import Storage
 from kvsvr.wire import (
@@ -269,9 +270,14 @@ class ReplicaNode(FrameServer):
         if isinstance(request, Ping):
             connection.queue(answer_frame(request_id, {}))
             return
-        if isinstance(request, Scan):
-            # Scans read this replica's applied state: `stale`, and they say so.
-            result = dict(self.replica.keyspace.read(request))
+        if isinstance(request, Scan) or getattr(request, "stale", False):
+            # Scans and stale reads answer from this replica's applied state,
+            # without a quorum, and say so.
+            try:
+                result = dict(self._read_locally(request))
+            except KvError as error:
+                connection.queue(error_frame(request_id, error))
+                return
             result["stale"] = True
             connection.queue(answer_frame(request_id, result))
             return
@@ -286,6 +292,12 @@ class ReplicaNode(FrameServer):
         self._calls[call_id] = (connection, request_id)
         connection.requests_in_flight += 1
         self._carry_out(self.replica.submit(call_id, request))
+
+    def _read_locally(self, request) -> dict:
+        if isinstance(request, Get):
+            state = value_or_not_found(request.key, self.replica.keyspace.key_state(request.key))
+            return {"value": state.value, "version": state.version}
+        return self.replica.keyspace.read(request)
 
     def reachable_members(self) -> int:
         now = trio.current_time()

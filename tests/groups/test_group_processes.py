@@ -133,3 +133,19 @@ async def _get_when_available(client, key):
         return await client.get(key, timeout=5)
     except Unavailable:
         return None
+
+
+async def test_stale_reads_answer_from_the_node_itself_and_say_so(group):
+    """`stale` reads skip the quorum: the answer is marked stale, and once the
+    node has applied a write it returns it."""
+    async with Client(group.nodes[1].address) as client:
+        version = await client.put(b"k", b"v1")
+    async with Client(group.nodes[2].address) as client:
+        answer = await client.call("get", b"k", {"key": b"k", "stale": True})
+        assert answer["stale"] is True
+
+        async def applied():
+            item = await client.get(b"k", stale=True)
+            return item is not None and (item.value, item.version) == (b"v1", version)
+
+        await wait_until(applied, "node 2 never applied the write")
