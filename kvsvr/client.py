@@ -188,7 +188,12 @@ class Client:
         addresses: str | None = None,
         *,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        local_address: str | None = None,
     ):
+        # local_address: the address connections come from (the fault suite
+        # gives clients their own, so cutting node A from node B leaves
+        # clients alone).
+        self.local_address = local_address
         self.addresses = [
             _format(host, port) for host, port in parse_address_list(addresses or DEFAULT_ADDRESS)
         ]
@@ -396,7 +401,9 @@ class Client:
             host, port = parse_address_list(address)[0]
             with trio.move_on_at(min(deadline, trio.current_time() + CONNECT_TIMEOUT_SECONDS)):
                 try:
-                    stream = await trio.open_tcp_stream(host, port)
+                    stream = await trio.open_tcp_stream(
+                        host, port, local_address=self.local_address
+                    )
                 except OSError as error:
                     raise Unavailable(f"{address}: {error.strerror or error}") from None
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # frames go at once
