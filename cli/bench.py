@@ -9,7 +9,8 @@ request it has in flight: the load stops by itself, and the elapsed time
 counted runs until the last answer arrived.
 
 Each successful operation contributes one latency sample (perf_counter
-around the call); errors are counted by code and not sampled. Throughput
+around the call), kept by kind (get, put) so a mixed run shows both;
+errors are counted by code and not sampled. Throughput
 is operations answered without error divided by the elapsed time.
 
 The echo baseline runs a bare trio echo server in this process and a
@@ -71,14 +72,31 @@ class Workload:
         return {"put": 0.0, "get": 1.0}.get(self.name, self.read_fraction)
 
 
+# What an operation reports it did; a get that found no value is a miss.
+GET = "get"
+GET_MISS = "get_miss"
+PUT = "put"
+ECHO = "echo"
+
+
 @dataclasses.dataclass
 class Recorder:
-    """What the loop measured: latency samples, misses, errors by code."""
+    """What the loop measured: latency samples by operation kind, errors by code."""
 
-    latencies_seconds: list[float] = dataclasses.field(default_factory=list)
-    misses: int = 0  # gets that found no value
+    latencies_by_kind: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     errors: Counter = dataclasses.field(default_factory=Counter)
     elapsed_seconds: float = 0.0
+
+    def samples(self, *kinds: str) -> list[float]:
+        """Latency samples of the given kinds (all kinds if none given), sorted."""
+        chosen = kinds or tuple(self.latencies_by_kind)
+        return sorted(
+            sample for kind in chosen for sample in self.latencies_by_kind.get(kind, ())
+        )
+
+    @property
+    def misses(self) -> int:
+        return len(self.latencies_by_kind.get(GET_MISS, ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,15 +110,16 @@ class Report:
 
     @property
     def operations(self) -> int:
-        return len(self.recorder.latencies_seconds)
+        return sum(map(len, self.recorder.latencies_by_kind.values()))
 
     @property
     def ops_per_second(self) -> float:
         elapsed = self.recorder.elapsed_seconds
         return self.operations / elapsed if elapsed > 0 else 0.0
 
-    def latency_ms(self) -> dict[str, float | None]:
-        samples = sorted(self.recorder.latencies_seconds)
+    def latency_ms(self, *kinds: str) -> dict[str, float | None]:
+        """Percentiles and max over the samples of `kinds` (default: every operation)."""
+        samples = self.recorder.samples(*kinds)
         summary: dict[str, float | None] = {
             name: percentile(samples, fraction) for name, fraction in PERCENTILES
         }
@@ -115,11 +134,11 @@ class Report:
             ops_per_second=round(self.ops_per_second, 1),
             misses=self.recorder.misses,
             errors=dict(self.recorder.errors),
-            latency_ms={
-                name: None if value is None else round(value, 3)
-                for name, value in self.latency_ms().items()
-            },
+            latency_ms=_rounded(self.latency_ms()),
         )
+        if self.parameters.get("workload") == "mixed":
+            result["latency_ms_get"] = _rounded(self.latency_ms(GET, GET_MISS))
+            result["latency_ms_put"] = _rounded(self.latency_ms(PUT))
         if self.preload_seconds is not None:
             result["preload_seconds"] = round(self.preload_seconds, 3)
         return result
@@ -137,12 +156,21 @@ class Report:
             lines.append(f"  gets that found no value: {recorder.misses}")
         errors = ", ".join(f"{code} {count}" for code, count in sorted(recorder.errors.items()))
         lines.append(f"  errors: {errors or 'none'}")
-        latency = "  ".join(
-            f"{name} {'-' if value is None else f'{value:.2f}'}"
-            for name, value in self.latency_ms().items()
-        )
-        lines.append(f"  latency ms: {latency}")
+        lines.append(f"  latency ms: {_latency_line(self.latency_ms())}")
+        if self.parameters.get("workload") == "mixed":
+            lines.append(f"    gets: {_latency_line(self.latency_ms(GET, GET_MISS))}")
+            lines.append(f"    puts: {_latency_line(self.latency_ms(PUT))}")
         return lines
+
+
+def _rounded(latency: dict[str, float | None]) -> dict[str, float | None]:
+    return {name: None if value is None else round(value, 3) for name, value in latency.items()}
+
+
+def _latency_line(latency: dict[str, float | None]) -> str:
+    return "  ".join(
+        f"{name} {'-' if value is None else f'{value:.2f}'}" for name, value in latency.items()
+    )
 
 
 def percentile(sorted_samples: list[float], fraction: float) -> float | None:
@@ -154,8 +182,8 @@ def percentile(sorted_samples: list[float], fraction: float) -> float | None:
 
 
 # An operation the loop drives: given the task's RNG, do one request and
-# return False for a get that found nothing (True otherwise).
-Operation = Callable[[random.Random], Awaitable[bool]]
+# return its kind (GET, GET_MISS, PUT, ECHO).
+Operation = Callable[[random.Random], Awaitable[str]]
 
 
 async def drive_closed_loop(
@@ -163,7 +191,7 @@ async def drive_closed_loop(
 ) -> Recorder:
     """Run `concurrency` tasks, task i looping on operations[i % len], for the duration."""
     recorder = Recorder()
-    latencies = recorder.latencies_seconds
+    by_kind = recorder.latencies_by_kind
     started = time.perf_counter()
     stop_at = started + duration_seconds
 
@@ -172,15 +200,16 @@ async def drive_closed_loop(
         now = clock()
         while now < stop_at:
             try:
-                found = await operation(rng)
+                kind = await operation(rng)
             except KvError as error:
                 recorder.errors[error.code] += 1
                 now = clock()
                 continue
             finished = clock()
-            latencies.append(finished - now)
-            if not found:
-                recorder.misses += 1
+            samples = by_kind.get(kind)
+            if samples is None:
+                samples = by_kind[kind] = []
+            samples.append(finished - now)
             now = finished
 
     async with trio.open_nursery() as nursery:
@@ -235,12 +264,12 @@ def workload_operation(client: Client, workload: Workload, keys: Sequence[bytes]
     key_count = len(keys)
     reads_share = workload.reads_share
 
-    async def operation(rng: random.Random) -> bool:
+    async def operation(rng: random.Random) -> str:
         key = keys[rng.randrange(key_count)]
         if reads_share and (reads_share == 1.0 or rng.random() < reads_share):
-            return await client.get(key) is not None
+            return GET if await client.get(key) is not None else GET_MISS
         await client.put(key, value)
-        return True
+        return PUT
 
     return operation
 
@@ -345,9 +374,9 @@ async def run_echo(concurrency: int, duration_seconds: float, connections: int,
                  for _ in range(connections)]
 
         def echo_operation(link: EchoLink) -> Operation:
-            async def operation(rng: random.Random) -> bool:
+            async def operation(rng: random.Random) -> str:
                 await link.round_trip(body)
-                return True
+                return ECHO
 
             return operation
 

@@ -239,6 +239,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 LIMIT_OPTION = click.option(
     "--limit",
     type=click.IntRange(1),
+    metavar="N",
     help="Stop after this many items (default: all, fetched page by page).",
 )
 RESUME_OPTION = click.option(
@@ -374,7 +375,7 @@ def cas(settings: Settings, key: str, value: str, expected_version: int) -> None
     settings.emit_written(key_bytes, version)
 
 
-@main.command()
+@main.command(short_help="List live keys, by prefix or range.")
 @click.option("--prefix", help="Only keys starting with this.")
 @click.option("--start", help="First key of the range (inclusive).")
 @click.option("--end", help="End of the range (exclusive).")
@@ -433,7 +434,7 @@ def scan(settings: Settings, prefix: str | None, start: str | None, end: str | N
 # -- Key-Table -----------------------------------------------------------------------
 
 
-@main.group()
+@main.group(short_help="Key-Table commands: append, write, sync, rows, get.")
 def table() -> None:
     """Key-Table: a key that holds rows, changed in versioned batches.
 
@@ -459,7 +460,7 @@ def _row_line(settings: Settings, row: Row) -> str:
     return f"{settings.show_row(row.row_id)}\t{row.version}\t{value}"
 
 
-@table.command()
+@table.command(short_help="Append a row; prints its id.")
 @click.argument("key")
 @click.argument("value")
 @click.pass_obj
@@ -507,11 +508,11 @@ def write(settings: Settings, key: str, puts: tuple[str, ...], deletes: tuple[st
     settings.emit_written(key_bytes, version)
 
 
-@table.command()
+@table.command(short_help="Rows changed after a version.")
 @click.argument("key")
 @click.option("--since", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Return rows changed after version N.")
-@click.option("--limit", type=click.IntRange(1),
+@click.option("--limit", type=click.IntRange(1), metavar="N",
               help="At most about N rows in one answer (whole versions); default: all.")
 @click.pass_obj
 def sync(settings: Settings, key: str, since: int, limit: int | None) -> None:
@@ -545,7 +546,7 @@ def sync(settings: Settings, key: str, since: int, limit: int | None) -> None:
     )
 
 
-@table.command()
+@table.command(short_help="List the live rows of a table.")
 @click.argument("key")
 @click.option("--start-row", metavar="ROW", help="First row id to list (inclusive).")
 @LIMIT_OPTION
@@ -601,7 +602,7 @@ def table_get(settings: Settings, key: str, row: str) -> None:
 # -- the node ------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(short_help="Show what the node reports about itself.")
 @click.pass_obj
 def status(settings: Settings) -> None:
     """Show what the node reports about itself (uptime, connections, commits)."""
@@ -622,11 +623,11 @@ def _emit_report(settings: Settings, report: bench_module.Report) -> None:
     settings.emit(report.lines(), report.to_json())
 
 
-@main.command()
+@main.command(short_help="Measure a node: ops/s and latency under load.")
 @click.option("--workload", type=click.Choice(bench_module.WORKLOADS), default="put",
               show_default=True, help="put, get, or a mix of both.")
 @click.option("--concurrency", type=click.IntRange(1), default=64, show_default=True,
-              help="Requests in flight (tasks, each one request at a time).")
+              metavar="N", help="Requests in flight (tasks, each one request at a time).")
 @click.option("--value-size", type=click.IntRange(0), default=100, show_default=True,
               metavar="BYTES", help="Size of each value put.")
 @click.option("--keys", "key_count", type=click.IntRange(1), default=10_000, show_default=True,
@@ -671,9 +672,9 @@ def bench(settings: Settings, workload: str, concurrency: int, value_size: int, 
     _emit_report(settings, report)
 
 
-@main.command(name="bench-echo")
+@main.command(name="bench-echo", short_help="The baseline: a bare trio echo server.")
 @click.option("--concurrency", type=click.IntRange(1), default=64, show_default=True,
-              help="Frames in flight (tasks, each one frame at a time).")
+              metavar="N", help="Frames in flight (tasks, each one frame at a time).")
 @click.option("--duration", type=click.FloatRange(0, min_open=True), default=5.0,
               show_default=True, metavar="SECONDS", help="How long to send frames.")
 @click.option("--connections", type=click.IntRange(1), default=1, show_default=True,

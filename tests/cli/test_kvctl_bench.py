@@ -35,6 +35,7 @@ def test_bench_reports_throughput_and_latency(node_process, workload):
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p99"] <= latency["p999"] <= latency["max"]
     assert ("preload_seconds" in report) == (workload != "put")
+    assert ("latency_ms_get" in report and "latency_ms_put" in report) == (workload == "mixed")
 
 
 def test_bench_echo_reports_round_trips():
