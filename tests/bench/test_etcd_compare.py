@@ -1,0 +1,67 @@
+"""bench/etcd_compare.py: it starts, says what is missing, and reports both systems.
+
+These prove the comparison script works end to end, not how fast anything
+is (docs/benchmarks.md has the figures): the full run lasts 2 s per
+workload on a few keys, and is skipped, saying why, where etcd or aetcd is
+not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+SCRIPT = REPOSITORY / "bench" / "etcd_compare.py"
+RUN_TIMEOUT_SECONDS = 240
+
+
+def run_script(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *arguments], cwd=REPOSITORY,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, env=env)
+
+
+def test_help_names_the_load_and_what_to_install():
+    """--help runs anywhere (nothing imported needs etcd) and says what the script needs."""
+    result = run_script("--help")
+    assert result.returncode == 0, result.stderr
+    for word in ("--seconds", "--json", "etcd-server", "aetcd"):
+        assert word in result.stdout
+
+
+def test_without_etcd_it_says_what_to_install_and_exits_2(tmp_path):
+    """With no etcd on PATH the script installs nothing: it names the package and exits 2."""
+    environment = dict(os.environ, PATH=str(tmp_path))  # an empty directory: no etcd
+    result = run_script("--seconds", "1", env=environment)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "apt-get install -y etcd-server" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("etcd") is None,
+                    reason="etcd is not installed (apt-get install -y etcd-server)")
+@pytest.mark.skipif(importlib.util.find_spec("aetcd") is None,
+                    reason="aetcd is not installed (pip install -e '.[bench]')")
+def test_a_short_run_reports_both_systems_as_json():
+    """Both systems answer every request, with positive throughput, and the ratios follow."""
+    result = run_script("--seconds", "2", "--keys", "50", "--concurrency", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["parameters"]["workloads"] == ["put", "get"]
+    for system in ("etcd", "kvsvr"):
+        for workload in ("put", "get"):
+            figures = report[system][workload]
+            assert figures["ops_per_second"] > 0, (system, workload, figures)
+            assert figures["errors"] == {}, (system, workload, figures)
+            assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+            assert figures["server_cpu_us_per_op"] >= 0
+    for workload in ("put", "get"):
+        assert report["ratios"][workload]["ops_per_second"] > 0
