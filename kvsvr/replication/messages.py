@@ -94,6 +94,10 @@ class Accepted:
     outcome: str  # "accepted", "rejected" (promised is higher), "already_chosen"
     promised: Ballot
     chosen: Instance | None
+    # With "already_chosen": the instance decided at this Accept's version, when
+    # the acceptor still remembers it, so the proposer learns whether its own
+    # ref won (R9) even if `chosen` has moved on.
+    decided: Instance | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

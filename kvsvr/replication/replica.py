@@ -152,6 +152,13 @@ class _Proposer:
     lost_rounds: int = 0
     queue: collections.deque = dataclasses.field(default_factory=collections.deque)
     recovery_wanted: bool = False
+    # Writes whose Accept left, by the first version they were proposed at:
+    # one (ref, writes) per proposal. A coordinator may propose twice at one
+    # version (its first Accept reached no quorum, a new Prepare found no
+    # vote); each batch waits for the decision at that version (R9).
+    proposed: dict[int, list[tuple[Ref, list[_ClientWrite]]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 @dataclasses.dataclass
@@ -203,7 +210,6 @@ class Replica:
         self._consensus: dict[bytes, durable.KeyConsensus] = {}
         self._proposers: dict[bytes, _Proposer] = {}
         self._parked: dict[Ref, list[tuple[int, Accept]]] = collections.defaultdict(list)
-        self._proposed: dict[tuple[bytes, int], tuple[Ref, list[_ClientWrite]]] = {}
         self._reads: dict[int, _PendingRead] = {}
         self._reads_waiting_apply: dict[bytes, list[_PendingRead]] = collections.defaultdict(list)
         self._next_read_id = 1
@@ -372,14 +378,17 @@ class Replica:
             self.learn_decision(key, message.previous)
         consensus = self._consensus_of(key)
 
-        def answer(outcome: str) -> None:
+        def answer(outcome: str, decided: Instance | None = None) -> None:
             self._send(
                 source,
-                Accepted(key, ballot, instance, outcome, consensus.promised, consensus.chosen),
+                Accepted(
+                    key, ballot, instance, outcome, consensus.promised, consensus.chosen, decided
+                ),
             )
 
         if consensus.chosen_version >= instance.first_version:
-            answer("already_chosen")
+            # already_chosen(v, ref): name what won v, not only the newest decision (R9).
+            answer("already_chosen", consensus.decided_at(instance.first_version))
             return
         if ballot < consensus.promised and not self.options.bug_skip_promise_check:
             answer("rejected")
@@ -733,7 +742,7 @@ class Replica:
         self._append_log(position, PayloadRecord(ref, key, payload))
         self._write([("payloads", durable.ref_key(ref), _encode_value([key, payload]))])
         instance = Instance(consensus.chosen_version + 1, len(batch), ref)
-        self._proposed[(key, instance.first_version)] = (ref, batch)
+        proposer.proposed.setdefault(instance.first_version, []).append((ref, batch))
         self._send_accept(key, proposer, instance, consensus.chosen)
 
     def _send_accept(
@@ -752,8 +761,11 @@ class Replica:
         proposer = self._proposers.get(key)
         if proposer is not None:
             proposer.round_seen = max(proposer.round_seen, message.promised[0])
-        if message.chosen is not None and message.outcome == "already_chosen":
-            self.learn_decision(key, message.chosen)
+        if message.outcome == "already_chosen":
+            if message.decided is not None:
+                self.learn_decision(key, message.decided)
+            if message.chosen is not None:
+                self.learn_decision(key, message.chosen)
         if (
             proposer is None
             or proposer.phase != "accepting"
@@ -779,29 +791,31 @@ class Replica:
         instance = proposer.accept.instance
         proposer.phase = "idle"
         proposer.accept = None
-        self._append_log(self._next_log_position(), DecisionRecord(key, instance))
         for peer in self.peers:
             self._send(peer, Commit(key, instance))
         self.learn_decision(key, instance)
+        # Logged after the acceptor record that holds it as chosen: a crash keeps
+        # a prefix of the writes, so whenever the Decision record survives, so
+        # does `chosen`, and a peer handed to state transfer finds every logged
+        # decision by walking our keys (R11).
+        self._append_log(self._next_log_position(), DecisionRecord(key, instance))
         self._drive(key)
 
     def _settle_proposed(self, key: bytes, decided: Instance) -> None:
         """Answer or requeue the writes proposed at versions `decided` covers (R9)."""
+        proposer = self._proposers.get(key)
+        if proposer is None or not proposer.proposed:
+            return
         for first_version in range(decided.first_version, decided.last_version + 1):
-            entry = self._proposed.get((key, first_version))
-            if entry is None:
-                continue
-            ref, writes = entry
-            del self._proposed[(key, first_version)]
-            if first_version == decided.first_version and ref == decided.ref:
-                for write in writes:
-                    self._reply(write.request_id, write.result)
-            else:
-                # Another value was decided at this version: ours may go again.
-                proposer = self._proposer(key)
-                for write in reversed(writes):
-                    write.result = None
-                    proposer.queue.appendleft(write)
+            for ref, writes in proposer.proposed.pop(first_version, ()):
+                if first_version == decided.first_version and ref == decided.ref:
+                    for write in writes:
+                        self._reply(write.request_id, write.result)
+                else:
+                    # Another value was decided at this version: ours may go again.
+                    for write in reversed(writes):
+                        write.result = None
+                        proposer.queue.appendleft(write)
 
     def _lose_round(self, proposer: _Proposer) -> None:
         """R6: back off a random, exponentially growing number of ticks."""
@@ -819,7 +833,7 @@ class Replica:
         for write in [w for w in proposer.queue if w.deadline <= self.now]:
             proposer.queue.remove(write)
             self._reply(write.request_id, Timeout("no decision before the deadline"))
-        self._expire_proposed(key)
+        self._expire_proposed(proposer)
         if proposer.phase in ("preparing", "accepting") and proposer.round_deadline <= self.now:
             proposer.attempts += 1
             if proposer.attempts > self.options.round_attempts_max:
@@ -840,21 +854,20 @@ class Replica:
             proposer.phase == "idle"
             and not proposer.queue
             and proposer.ballot is None
-            and not any(k == key for k, _ in self._proposed)
+            and not proposer.proposed
         ):
             del self._proposers[key]
 
-    def _expire_proposed(self, key: bytes) -> None:
-        for (proposed_key, first_version), (_ref, writes) in list(self._proposed.items()):
-            if proposed_key != key:
-                continue
-            expired = [write for write in writes if write.deadline <= self.now]
-            for write in expired:
-                # R9: an Accept left; without a decision the outcome is unknown.
-                self._reply(write.request_id, Timeout("outcome unknown: no decision learned"))
-                writes.remove(write)
-            if not writes:
-                del self._proposed[(proposed_key, first_version)]
+    def _expire_proposed(self, proposer: _Proposer) -> None:
+        for first_version, proposals in list(proposer.proposed.items()):
+            for _ref, writes in proposals:
+                for write in [write for write in writes if write.deadline <= self.now]:
+                    # R9: an Accept left; without a decision the outcome is unknown.
+                    self._reply(write.request_id, Timeout("outcome unknown: no decision learned"))
+                    writes.remove(write)
+            proposals[:] = [proposal for proposal in proposals if proposal[1]]
+            if not proposals:
+                del proposer.proposed[first_version]
 
     # -- reads -------------------------------------------------------------------
 
