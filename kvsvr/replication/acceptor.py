@@ -1,0 +1,199 @@
+"""Acceptor and learner: per-key votes, decisions, and applying them in order.
+
+Theory of operation. For every key a replica keeps one durable record
+(durable.KeyConsensus): the promised ballot, the accepted vote, the last
+decided instance (`chosen`) and the decided instances not yet applied
+(`pending`).
+
+Acceptor (PROTOCOL.md, "Acceptor rules"):
+
+- Prepare(K, b) is granted iff b >= promised; the reply carries chosen,
+  the accepted vote and its payload, and echoes b (R5).
+- Accept(K, b, v, ref, prev_decision) first records prev_decision (an
+  acceptor behind may accept v before it applied v-1: consensus is on the
+  mutation, not the state). Then: if v is already decided, the answer is
+  already_chosen naming what won v (R9); a ballot below the promise is
+  rejected; v must follow the decided instance; an acceptor that accepted
+  another ref at this (b, v) stops (R8, an AssertionError). A missing
+  payload parks the Accept, and every check runs again when the payload
+  lands (R4): a promise given meanwhile wins. Accepting raises the promise.
+- Every reply leaves after the state behind it is synced: the step wrote
+  it, so its effects ask for a sync, and messages wait for it.
+
+Learner: `learn_decision` records a decided instance from anywhere (Commit,
+the stream's Decision records, Accept's prev_decision, Promise, ReadReply,
+state transfer); `_advance` applies decided instances in version order once
+their payloads are here, and hands what it cannot fill to catch_up.py.
+Applied versions never have gaps (invariant 4); only state transfer jumps,
+and only upwards (R12).
+
+Calls into other parts: `_fetch_payload`, `_fetch_state` (catch_up.py),
+`_settle_proposed`, `_drive` (proposer.py), `_finish_reads_applied`
+(reads.py).
+"""
+
+from __future__ import annotations
+
+import collections
+
+from kvsvr import keyspace, model
+from kvsvr.replication.core import (
+    ReplicaCore,
+    decode_mutations,
+    ignore_event,
+    remember_decision,
+    state_digest,
+)
+from kvsvr.replication.messages import Accept, Accepted, Instance, Prepare, Promise, Ref, Vote
+
+
+class Acceptor(ReplicaCore):
+    def _init_acceptor(self) -> None:
+        # Accepts waiting for their payload, by ref (R4).
+        self._parked: dict[Ref, list[tuple[int, Accept]]] = collections.defaultdict(list)
+        self._catching_up: set[bytes] = set()  # keys decided beyond what is applied
+
+    # -- acceptor ----------------------------------------------------------------
+
+    def on_prepare(self, source: int, message: Prepare) -> None:
+        key = message.key
+        consensus = self._consensus_of(key)
+        granted = message.ballot >= consensus.promised
+        if granted and message.ballot > consensus.promised:
+            consensus.promised = message.ballot
+            self._save(key)
+        accepted = consensus.accepted
+        payload = None if accepted is None else self._payload(accepted.instance.ref)
+        self._send(
+            source,
+            Promise(
+                key,
+                message.ballot,
+                granted,
+                consensus.promised,
+                consensus.chosen,
+                accepted,
+                payload,
+            ),
+        )
+
+    def on_accept(self, source: int, message: Accept) -> None:
+        key, ballot, instance = message.key, message.ballot, message.instance
+        if message.previous is not None:
+            self.learn_decision(key, message.previous)
+        consensus = self._consensus_of(key)
+
+        def answer(outcome: str, decided: Instance | None = None) -> None:
+            self._send(
+                source,
+                Accepted(
+                    key, ballot, instance, outcome, consensus.promised, consensus.chosen, decided
+                ),
+            )
+
+        if consensus.chosen_version >= instance.first_version:
+            # already_chosen(v, ref): name what won v, not only the newest decision (R9).
+            answer("already_chosen", consensus.decided_at(instance.first_version))
+            return
+        if ballot < consensus.promised and not self.options.bug_skip_promise_check:
+            answer("rejected")
+            return
+        assert instance.first_version == consensus.chosen_version + 1, (
+            f"Accept for {key!r} v{instance.first_version} does not follow the decided "
+            f"v{consensus.chosen_version} it carries"
+        )
+        accepted = consensus.accepted
+        if (
+            accepted is not None
+            and accepted.ballot == ballot
+            and accepted.instance.first_version == instance.first_version
+        ):
+            assert accepted.instance == instance, (
+                f"R8: ({key!r}, {ballot}, v{instance.first_version}) offered "
+                f"{instance.ref} after {accepted.instance.ref}"
+            )
+        if self._payload(instance.ref) is None:
+            # R4: park; every check above runs again when the payload lands.
+            self._parked[instance.ref].append((source, message))
+            self._fetch_payload(instance.ref, source)
+            return
+        if ballot > consensus.promised:
+            consensus.promised = ballot
+        consensus.accepted = Vote(ballot, instance)
+        self._save(key)
+        self.observer("accepted", (self.node_id, key, ballot, instance))
+        answer("accepted")
+
+    def _on_payload_stored(self, ref: Ref, key: bytes) -> None:
+        for source, accept in self._parked.pop(ref, ()):
+            self.on_accept(source, accept)
+        self._fetch_retry_at.pop(("payload", ref), None)
+        self._advance(key)
+
+    # -- learner -----------------------------------------------------------------
+
+    def learn_decision(self, key: bytes, instance: Instance) -> None:
+        """Record that `instance` of `key` is decided, and apply what can be."""
+        consensus = self._consensus_of(key)
+        self.observer("decided", (self.node_id, key, instance))
+        known = consensus.decided_at(instance.first_version)
+        if known is not None:
+            assert known == instance, (
+                f"two decisions for {key!r} v{instance.first_version}: {known} and {instance}"
+            )
+            self._settle_proposed(key, instance)
+            return
+        applied = self._applied_version(key)
+        changed = False
+        if instance.first_version > applied:
+            consensus.pending[instance.first_version] = instance
+            changed = True
+        if instance.last_version > consensus.chosen_version:
+            consensus.chosen = instance
+            changed = True
+        remember_decision(consensus, instance)
+        if changed:
+            self._save(key)
+        self._settle_proposed(key, instance)
+        self._advance(key)
+
+    def _advance(self, key: bytes) -> None:
+        """Apply decided instances in version order; fetch what is missing."""
+        consensus = self._consensus_of(key)
+        state = self.keyspace.key_state(key)
+        progressed = False
+        while True:
+            for first_version in [v for v in consensus.pending if v <= state.version]:
+                del consensus.pending[first_version]
+                progressed = True
+            instance = consensus.pending.get(state.version + 1)
+            if instance is None:
+                break
+            payload = self._payload(instance.ref)
+            if payload is None:
+                self._fetch_payload(instance.ref, instance.ref[0])
+                break
+            mutations = decode_mutations(payload)
+            assert len(mutations) == instance.count, f"payload {instance.ref} size mismatch"
+            writes = []
+            for mutation in mutations:
+                applied = model.apply(state, mutation)
+                writes.extend(keyspace.applied_writes(key, applied))
+                state = applied.state
+            del consensus.pending[instance.first_version]
+            self._write(writes)
+            if self.observer is not ignore_event:
+                self.observer("applied", (self.node_id, key, state.version, state_digest(self, key)))
+            progressed = True
+        if progressed:
+            self._save(key)
+        if consensus.chosen_version > state.version:
+            self._catching_up.add(key)
+            if consensus.pending.get(state.version + 1) is None:
+                self._fetch_state(key, consensus.chosen_version)
+        else:
+            self._catching_up.discard(key)
+        if self._reads_waiting_apply.get(key):
+            self._finish_reads_applied(key, state.version)
+        if progressed:
+            self._drive(key)

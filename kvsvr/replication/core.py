@@ -1,0 +1,200 @@
+"""What every part of a replica shares: identity, storage, effects, per-key records.
+
+Theory. `replica.Replica` is one object assembled from parts, each in its
+own module and each opening with its own theory:
+
+    acceptor.py    acceptor and learner: votes, decisions, applying in order
+    catch_up.py    pulling what a replica lacks: payloads by ref, state by key
+    proposer.py    coordinating writes: Prepare, recovery, Accept, batching
+    reads.py       linearizable reads
+    log_stream.py  the node's own replication log and its stream to each peer
+
+Every part is a mixin over `ReplicaCore`, which holds what they share and
+the only three ways a step acts on the world: `_write` (to storage,
+unsynced; the step then asks its shell for a sync), `_send` (a message,
+which leaves after that sync) and `_reply` (a client answer, last).
+`_take_effects` hands them to the shell as one `Effects`. A part calls
+another only through the methods its module docstring names.
+
+The per-key consensus record (durable.KeyConsensus) is cached in memory
+and written through on every change (`_save`); the payload store maps a
+ref to its bytes, which are checked against the ref's crc32c before they
+are stored (invariant 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+import crc32c
+
+from kvsvr import keyspace, model, records
+from kvsvr.limits import Limits
+from kvsvr.replication import durable
+from kvsvr.replication.messages import Effects, Instance, Message, Ref, Vote
+from kvsvr.replication.options import ReplicaOptions
+
+if TYPE_CHECKING:
+    import random
+
+
+class ReplicaCore:
+    node_id: int
+    members: tuple[int, ...]
+    peers: tuple[int, ...]
+    majority: int
+    storage: Any
+    keyspace: keyspace.Keyspace
+    rng: random.Random
+    options: ReplicaOptions
+    limits: Limits
+    observer: Callable[[str, Any], None]
+    now: int
+    incarnation: int
+    started: bool
+
+    def _init_core(
+        self,
+        node_id: int,
+        members: tuple[int, ...],
+        storage,
+        rng: random.Random,
+        options: ReplicaOptions,
+        limits: Limits,
+        observer: Callable[[str, Any], None] | None,
+    ) -> None:
+        assert node_id in members and len(set(members)) == len(members)
+        self.node_id = node_id
+        self.members = tuple(sorted(members))
+        self.peers = tuple(member for member in self.members if member != node_id)
+        self.majority = len(self.members) // 2 + 1
+        self.storage = storage
+        self.keyspace = keyspace.Keyspace(storage)
+        self.rng = rng
+        self.options = options
+        self.limits = limits
+        # The simulator's window into the replica: observer(event, details).
+        self.observer = observer or ignore_event
+        self.now = 0
+        self.incarnation = 0
+        self.started = False
+        self._effects = Effects()
+        self._consensus: dict[bytes, durable.KeyConsensus] = {}
+
+    # -- effects ---------------------------------------------------------------
+
+    def _take_effects(self) -> Effects:
+        effects, self._effects = self._effects, Effects()
+        if self.options.bug_reply_before_sync:
+            effects.sync = False  # planted bug: messages may leave before the sync
+        return effects
+
+    def _write(self, writes) -> None:
+        if writes:
+            self.storage.write(writes, sync=False)
+            self._effects.sync = True
+
+    def _send(self, destination: int, message: Message) -> None:
+        self._effects.messages.append((destination, message))
+
+    def _broadcast(self, message: Message) -> None:
+        for member in self.members:
+            self._send(member, message)
+
+    def _reply(self, request_id: int, answer: Any) -> None:
+        self._effects.replies.append((request_id, answer))
+
+    # -- durable per-key consensus state ----------------------------------------
+
+    def _consensus_of(self, key: bytes) -> durable.KeyConsensus:
+        found = self._consensus.get(key)
+        if found is None:
+            stored = self.storage.get("acceptor", key)
+            found = (
+                durable.KeyConsensus()
+                if stored is None
+                else durable.KeyConsensus.from_record(stored, key)
+            )
+            self._consensus[key] = found
+        return found
+
+    def _save(self, key: bytes) -> None:
+        self._write([("acceptor", key, self._consensus[key].to_record())])
+
+    def _applied_version(self, key: bytes) -> int:
+        return self.keyspace.key_state(key).version
+
+    def consensus_snapshot(self, key: bytes) -> durable.KeyConsensus:
+        return self._consensus_of(key)
+
+    # -- the payload store -------------------------------------------------------
+
+    def _payload(self, ref: Ref) -> bytes | None:
+        stored = self.storage.get("payloads", durable.ref_key(ref))
+        if stored is None:
+            return None
+        key, payload = decode_value(stored, durable.ref_key(ref))
+        return payload
+
+    def _store_payload(self, ref: Ref, key: bytes, payload: bytes) -> bool:
+        """Store a payload received from a peer; False (and nothing stored) if corrupt."""
+        if crc32c.crc32c(payload) != ref[3]:
+            self.observer("corrupt_payload", (self.node_id, ref))
+            return False
+        self.observer("payload", (ref, payload))
+        if self._payload(ref) is None:
+            self._write([("payloads", durable.ref_key(ref), encode_value([key, payload]))])
+        return True
+
+
+def ignore_event(event: str, details: Any) -> None:
+    pass
+
+
+def remember_decision(consensus: durable.KeyConsensus, instance: Instance) -> None:
+    """Keep `instance` among the key's few most recent decisions (R9)."""
+    if instance in consensus.recent:
+        return
+    consensus.recent.append(instance)
+    consensus.recent.sort(key=lambda item: item.first_version)
+    del consensus.recent[: -durable.RECENT_DECISIONS_MAX]
+
+
+def votes_after(decided_version: int, votes) -> list[Vote]:
+    """The votes (None for none) for the instance right after `decided_version`."""
+    return [
+        vote
+        for vote in votes
+        if vote is not None and vote.instance.first_version == decided_version + 1
+    ]
+
+
+def decode_mutations(payload: bytes) -> list[model.Mutation]:
+    return [model.mutation_from_wire(item) for item in cbor2.loads(payload)]
+
+
+def encode_value(value: object) -> bytes:
+    return records.encode_record(value)
+
+
+def decode_value(stored: bytes, stored_key: bytes) -> Any:
+    return records.decode_record(stored, column_family="replication", key=stored_key)
+
+
+def decode_int(stored: bytes, stored_key: bytes) -> int:
+    value = decode_value(stored, stored_key)
+    assert isinstance(value, int)
+    return value
+
+
+def state_digest(replica: ReplicaCore, key: bytes) -> int:
+    """A hash of key's applied state, compared across replicas per version."""
+    state = replica.keyspace.key_state(key)
+    parts = [state.version, state.kind, state.value]
+    if state.kind == model.KIND_TABLE:
+        parts.append(
+            [[row_id, row.version, row.value] for row_id, row in replica.keyspace.all_rows(key)]
+        )
+    return crc32c.crc32c(cbor2.dumps(parts))

@@ -1,0 +1,173 @@
+"""The replication log and its stream (PROTOCOL.md, "Two channels", channel 1).
+
+Theory of operation. Every node appends what it originates to its own
+durable log, keyed by position (incarnation, seq): `PayloadRecord(ref,
+key, payload)` when it proposes a batch, `DecisionRecord(key, instance)`
+when it decides one. The incarnation in the position (R1) means a
+restarted node's records sort after everything it wrote before, and a
+position lost with an unsynced tail is never reused.
+
+Sending. For each peer the origin remembers the peer's acknowledged
+position (unknown until the peer acks after our start) and what it has
+sent beyond it. `_pump_streams`, run at the end of every step, sends the
+records after what was sent, in batches of `stream_batch_records_max`,
+while no more than `stream_window_records` are unacknowledged. If the ack
+does not move for `stream_retransmit_ticks`, sending starts again from the
+ack (records or acks were lost).
+
+Receiving. A batch says which position it follows; a receiver whose cursor
+is below that missed records and acks its cursor instead, so the origin
+goes back. Otherwise it stores each record past its cursor idempotently
+(payloads checked against their crc32c; a corrupt one stops the batch
+there, unacked: invariant 5), writes the cursor after them (a crash keeps
+a prefix of the writes, so a surviving cursor means surviving records),
+and acks the cursor. The ack is a message, so it leaves only after the
+sync: acks are cumulative and only ever name synced records. Every
+`stream_ack_interval_ticks` a receiver acks each origin anyway: that is how
+a restarted origin learns where each peer stands.
+
+The stream is an optimisation and a bulk path, never the only one: a
+decision may exist in no stream (its coordinator crashed before logging
+it), so catch-up pulls what is missing (catch_up.py).
+
+Calls into other parts: `learn_decision`, `_on_payload_stored`
+(acceptor.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kvsvr.replication import durable
+from kvsvr.replication.core import ReplicaCore, decode_value, encode_value
+from kvsvr.replication.messages import (
+    LOG_START,
+    DecisionRecord,
+    LogPosition,
+    LogRecord,
+    PayloadRecord,
+    StreamAck,
+    StreamRecords,
+)
+
+
+@dataclasses.dataclass
+class StreamOut:
+    acked: LogPosition | None = None  # unknown until the peer acks
+    sent: LogPosition = LOG_START
+    last_progress_tick: int = 0
+
+
+class LogStream(ReplicaCore):
+    def _init_log_stream(self) -> None:
+        self._log_next_seq = 1
+        self._log_last: LogPosition = LOG_START
+        self._streams = {peer: StreamOut() for peer in self.peers}
+        self._cursors: dict[int, LogPosition] = {}  # origin -> position held up to
+        self._last_ack_tick: dict[int, int] = {}
+
+    def _load_log_state(self) -> None:
+        """At start: find the log's tail and the cursors of every origin."""
+        last = self.storage.scan("log", b"", None, 1 << 62)  # the log tail, for streaming
+        if last:
+            self._log_last = durable.position_from_key(last[-1][0])
+        for origin_stored_key, stored_cursor in self.storage.scan("cursors", b"", None, 1 << 16):
+            origin = int.from_bytes(origin_stored_key, "big")
+            self._cursors[origin] = tuple(decode_value(stored_cursor, origin_stored_key))
+
+    # -- the log -----------------------------------------------------------------
+
+    def _next_log_position(self) -> LogPosition:
+        position = (self.incarnation, self._log_next_seq)
+        self._log_next_seq += 1
+        return position
+
+    def _append_log(self, position: LogPosition, record: LogRecord) -> None:
+        assert position > self._log_last
+        self._log_last = position
+        self._write(
+            [("log", durable.position_key(position), durable.log_record_to_bytes(record))]
+        )
+
+    # -- sending -----------------------------------------------------------------
+
+    def _pump_streams(self) -> None:
+        """Send each peer the log records after what was sent, within its window."""
+        for peer, stream in self._streams.items():
+            if stream.acked is None or stream.sent >= self._log_last:
+                continue
+            start = max(stream.sent, stream.acked)
+            if (
+                start[0] == stream.acked[0]
+                and start[1] - stream.acked[1] >= self.options.stream_window_records
+            ):
+                continue  # the window is full until the peer acks
+            found = self.storage.scan(
+                "log",
+                durable.position_key(start) + b"\x00",
+                None,
+                self.options.stream_batch_records_max,
+            )
+            if not found:
+                continue
+            batch = tuple(
+                (
+                    durable.position_from_key(stored_key),
+                    durable.log_record_from_bytes(stored, stored_key),
+                )
+                for stored_key, stored in found
+            )
+            self._send(peer, StreamRecords(start, batch))
+            stream.sent = batch[-1][0]
+
+    def on_stream_ack(self, source: int, message: StreamAck) -> None:
+        stream = self._streams[source]
+        position = message.position
+        if stream.acked is None or position > stream.acked:
+            stream.acked = position
+            stream.last_progress_tick = self.now
+        # An ack below what was sent means records are still in flight, or
+        # were lost: the retransmit timer (on tick) covers the second case.
+        stream.sent = max(stream.sent, stream.acked)
+
+    # -- receiving ---------------------------------------------------------------
+
+    def on_stream_records(self, source: int, message: StreamRecords) -> None:
+        cursor = self._cursors.get(source, LOG_START)
+        if message.after > cursor:
+            self._send(source, StreamAck(cursor))  # a gap: resend from our cursor
+            return
+        touched_refs = []
+        for position, record in message.records:
+            if position <= cursor:
+                continue  # already held: storing is idempotent
+            match record:
+                case PayloadRecord(ref=ref, key=key, payload=payload):
+                    if not self._store_payload(ref, key, payload):
+                        break  # corrupt: don't act on it, don't ack past it (invariant 5)
+                    touched_refs.append((ref, key))
+                case DecisionRecord(key=key, instance=instance):
+                    self.learn_decision(key, instance)
+            cursor = position
+        self._cursors[source] = cursor
+        self._write([("cursors", durable.origin_key(source), encode_value(list(cursor)))])
+        self._send(source, StreamAck(cursor))
+        self._last_ack_tick[source] = self.now
+        for ref, key in touched_refs:
+            self._on_payload_stored(ref, key)
+
+    # -- time --------------------------------------------------------------------
+
+    def _on_stream_tick(self) -> None:
+        for stream in self._streams.values():
+            if stream.acked is not None and stream.sent > stream.acked and (
+                self.now - stream.last_progress_tick >= self.options.stream_retransmit_ticks
+            ):
+                stream.sent = stream.acked  # go back and resend from the ack
+                stream.last_progress_tick = self.now
+        for origin in self.peers:
+            if self.now - self._last_ack_tick.get(origin, -(10**9)) >= (
+                self.options.stream_ack_interval_ticks
+            ):
+                self._last_ack_tick[origin] = self.now
+                self._send(origin, StreamAck(self._cursors.get(origin, LOG_START)))

@@ -1,0 +1,48 @@
+"""The replica's knobs: timeouts counted in ticks, and bounds.
+
+Time is an input (STYLE.md §3): the shell decides how long a tick is and
+calls `Replica.tick()` that often; every timeout below is a number of
+those ticks. Every bound has a name and a reason (STYLE.md §9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaOptions:
+    """Timeouts in ticks, and bounds. The shell decides how long a tick is."""
+
+    # Resend a round's message to members that have not answered after this long.
+    round_timeout_ticks: int = 8
+    # Resends of one Prepare or Accept round before it is given up.
+    round_attempts_max: int = 4
+    # After a lost round: wait a random 1..base * 2**failures ticks, capped (R6).
+    backoff_base_ticks: int = 2
+    backoff_max_ticks: int = 64
+    # A client request unanswered this long is answered `timeout` (unknown outcome).
+    client_timeout_ticks: int = 400
+    # Quorum reads retried while an instance above the decided one is open,
+    # before the reader runs a recovery round itself.
+    read_retries_before_recovery: int = 3
+    # Log records streamed to a peer beyond its ack, and per message.
+    stream_window_records: int = 512
+    stream_batch_records_max: int = 64
+    # A receiver re-acks each origin this often (how a restarted origin learns
+    # where to resume); an origin resends from the ack if nothing moved this long.
+    stream_ack_interval_ticks: int = 16
+    stream_retransmit_ticks: int = 24
+    # Fetches of a missing payload or state are retried this often.
+    fetch_retry_ticks: int = 12
+    # Mutations merged into one instance, and the payload bytes they may total.
+    batch_mutations_max: int = 128
+    batch_payload_max_bytes: int = 1024 * 1024
+    # Planted bugs: each switches off one safety rule, for the tests that show
+    # the simulator finds the violation. Never set outside those tests.
+    bug_skip_promise_check: bool = False
+    bug_reply_before_sync: bool = False
+    bug_read_without_quorum: bool = False
+
+
+DEFAULT_OPTIONS = ReplicaOptions()

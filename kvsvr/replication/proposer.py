@@ -1,0 +1,366 @@
+"""The proposer: coordinating writes to a key (PROTOCOL.md, write steps 1-6).
+
+Theory of operation. Any replica coordinates any key. Its proposer state
+for a key lives in memory only (R2): a restart forgets every promise, and
+nothing is inferred from the local acceptor's record.
+
+1. A client write joins the key's queue. One instance per key is in flight
+   at a time; writes that arrive meanwhile go together into the next one
+   (dynamic merging, bounded by `batch_mutations_max` and
+   `batch_payload_max_bytes`).
+2. Without a promise, the proposer runs Prepare with a ballot
+   (round, incarnation, node id) whose round is above any it has seen (R1
+   makes the ballot unique across restarts). Only Promises echoing that
+   ballot count (R5). A majority of grants teaches it the highest decided
+   instance; the vote with the highest ballot among the grants for the
+   version after it is proposed again, unchanged, before anything new
+   (recovery). A rejection ends the round: the next one waits a random,
+   exponentially growing number of ticks (R6).
+3. With the promise held and the key applied up to its decided version,
+   conditions are checked against that state; passing writes form the
+   batch, each checked against the state the writes before it make. A
+   condition that fails is answered only after a quorum read confirmed the
+   state it was checked against is still the newest, and one that fails on
+   a state a pending batch makes waits for that batch (R7).
+4. The batch's payload is appended to the log; Accept(K, b, v, ref,
+   prev_decision) goes to every member, the proposer's own acceptor
+   included. Its value is frozen once sent: resends are identical (R8).
+5. A majority of Accepted replies naming the same (b, v, ref) (R5) is a
+   decision: learned, logged, applied, answered, and sent as Commit. The
+   promise is kept, so the next batch needs one round trip (the fast path).
+6. Once an Accept has left, only a decision settles its writes (R9):
+   success when their ref is decided at their version; back into the queue
+   only once another ref is known decided there; `timeout` (outcome
+   unknown, never "failed") if the client's deadline comes first.
+
+Calls into other parts: `learn_decision`, `_advance` (acceptor.py),
+`_start_read` (reads.py, for R7), `_next_log_position`, `_append_log`
+(log_stream.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import cbor2
+import crc32c
+
+from kvsvr import model
+from kvsvr.errors import ConditionFailed, KvError, Timeout
+from kvsvr.replication import durable
+from kvsvr.replication.core import ReplicaCore, encode_value, votes_after
+from kvsvr.replication.messages import (
+    Accept,
+    Accepted,
+    Ballot,
+    Commit,
+    DecisionRecord,
+    Instance,
+    PayloadRecord,
+    Prepare,
+    Promise,
+    Ref,
+)
+from kvsvr.requests import Write
+
+
+@dataclasses.dataclass
+class ClientWrite:
+    request_id: int
+    request: Write
+    deadline: int
+    result: dict | None = None  # set when it joins a batch
+
+
+@dataclasses.dataclass
+class KeyProposer:
+    """One key's proposer state. Memory only: lost on restart (R2)."""
+
+    ballot: Ballot | None = None  # a promise a majority granted us
+    round_seen: int = 0
+    phase: str = "idle"  # idle | preparing | accepting
+    prepare_ballot: Ballot | None = None
+    promises: dict[int, Promise] = dataclasses.field(default_factory=dict)
+    accept: Accept | None = None  # in flight; frozen once sent (R8)
+    votes: set[int] = dataclasses.field(default_factory=set)
+    round_deadline: int = 0
+    attempts: int = 0
+    backoff_until: int = 0
+    lost_rounds: int = 0
+    queue: collections.deque = dataclasses.field(default_factory=collections.deque)
+    recovery_wanted: bool = False
+    # Writes whose Accept left, by the first version they were proposed at:
+    # one (ref, writes) per proposal. A coordinator may propose twice at one
+    # version (its first Accept reached no quorum, a new Prepare found no
+    # vote); each batch waits for the decision at that version (R9).
+    proposed: dict[int, list[tuple[Ref, list[ClientWrite]]]] = dataclasses.field(
+        default_factory=dict
+    )
+
+
+class Proposer(ReplicaCore):
+    def _init_proposer(self) -> None:
+        self._proposers: dict[bytes, KeyProposer] = {}
+
+    def _submit_write(self, request_id: int, request: Write, deadline: int) -> None:
+        proposer = self._proposer(request.key)
+        proposer.queue.append(ClientWrite(request_id, request, deadline))
+        self._drive(request.key)
+
+    def _proposer(self, key: bytes) -> KeyProposer:
+        proposer = self._proposers.get(key)
+        if proposer is None:
+            proposer = self._proposers[key] = KeyProposer()
+        return proposer
+
+    def _drive(self, key: bytes) -> None:
+        """Move key's proposer forward as far as it can go now."""
+        proposer = self._proposers.get(key)
+        if proposer is None or proposer.phase != "idle":
+            return
+        if not proposer.queue and not proposer.recovery_wanted:
+            return
+        if proposer.backoff_until > self.now:
+            return
+        if proposer.ballot is None or proposer.recovery_wanted:
+            self._start_prepare(key, proposer)
+            return
+        consensus = self._consensus_of(key)
+        if self._applied_version(key) < consensus.chosen_version:
+            self._advance(key)  # catching up; drives again once it progresses
+            return
+        self._start_instance(key, proposer, consensus)
+
+    # -- step 2: Prepare, recovery -----------------------------------------------
+
+    def _start_prepare(self, key: bytes, proposer: KeyProposer) -> None:
+        consensus = self._consensus_of(key)
+        round_number = max(proposer.round_seen, consensus.promised[0]) + 1
+        proposer.round_seen = round_number
+        proposer.prepare_ballot = (round_number, self.incarnation, self.node_id)
+        proposer.ballot = None
+        proposer.recovery_wanted = False
+        proposer.promises = {}
+        proposer.phase = "preparing"
+        proposer.attempts = 0
+        proposer.round_deadline = self.now + self.options.round_timeout_ticks
+        self._broadcast(Prepare(key, proposer.prepare_ballot))
+
+    def on_promise(self, source: int, message: Promise) -> None:
+        key = message.key
+        proposer = self._proposers.get(key)
+        if proposer is None:
+            return
+        proposer.round_seen = max(proposer.round_seen, message.promised[0])
+        if proposer.phase != "preparing" or message.ballot != proposer.prepare_ballot:
+            return  # a reply to an older round (R5)
+        if message.chosen is not None:
+            self.learn_decision(key, message.chosen)
+        if message.accepted is not None and message.accepted_payload is not None:
+            ref = message.accepted.instance.ref
+            if self._store_payload(ref, key, message.accepted_payload):
+                self._on_payload_stored(ref, key)
+        if not message.granted:
+            self._lose_round(proposer)
+            self._drive(key)
+            return
+        proposer.promises[source] = message
+        if len(proposer.promises) < self.majority:
+            return
+        # A majority promised: the highest accepted value above the decided
+        # one must be proposed again, unchanged, before anything new.
+        proposer.ballot = proposer.prepare_ballot
+        proposer.phase = "idle"
+        proposer.lost_rounds = 0
+        consensus = self._consensus_of(key)
+        decided = consensus.chosen_version
+        votes = votes_after(decided, (promise.accepted for promise in proposer.promises.values()))
+        if votes:
+            recovered = max(votes, key=lambda vote: vote.ballot).instance
+            self._send_accept(key, proposer, recovered, consensus.chosen)
+            return
+        self._drive(key)
+
+    # -- steps 3-4: conditions, the batch, Accept ------------------------------------
+
+    def _start_instance(
+        self, key: bytes, proposer: KeyProposer, consensus: durable.KeyConsensus
+    ) -> None:
+        """Batch the queued writes that pass their checks into one instance."""
+        state = self.keyspace.key_state(key)
+        assert state.version == consensus.chosen_version
+        batch: list[ClientWrite] = []
+        mutations = []
+        payload_bytes = 0
+        while proposer.queue and len(batch) < self.options.batch_mutations_max:
+            write = proposer.queue[0]
+            if write.deadline <= self.now:
+                proposer.queue.popleft()
+                self._reply(write.request_id, Timeout("not proposed before the deadline"))
+                continue
+            request = write.request
+            try:
+                model.check(key, state, request.mutation, request.condition)
+            except KvError as error:
+                if batch:
+                    break  # checked against a state this batch made: next instance
+                proposer.queue.popleft()
+                if isinstance(error, ConditionFailed):
+                    # R7: answered only once a quorum confirms this is the newest state.
+                    self._start_read(key, ("confirm", write, state.version), write.deadline)
+                else:
+                    self._reply(write.request_id, error)
+                continue
+            wire = model.mutation_to_wire(request.mutation)
+            size = len(cbor2.dumps(wire))
+            if batch and payload_bytes + size > self.options.batch_payload_max_bytes:
+                break
+            proposer.queue.popleft()
+            applied = model.apply(state, request.mutation)
+            write.result = {"version": applied.state.version}
+            if isinstance(request.mutation, model.Delete):
+                write.result["existed"] = applied.existed
+            state = applied.state
+            batch.append(write)
+            mutations.append(wire)
+            payload_bytes += size
+        if not batch:
+            return
+        payload = cbor2.dumps(mutations)
+        position = self._next_log_position()
+        ref: Ref = (self.node_id, self.incarnation, position[1], crc32c.crc32c(payload))
+        self.observer("payload", (ref, payload))
+        self._append_log(position, PayloadRecord(ref, key, payload))
+        self._write([("payloads", durable.ref_key(ref), encode_value([key, payload]))])
+        instance = Instance(consensus.chosen_version + 1, len(batch), ref)
+        proposer.proposed.setdefault(instance.first_version, []).append((ref, batch))
+        self._send_accept(key, proposer, instance, consensus.chosen)
+
+    def _send_accept(
+        self, key: bytes, proposer: KeyProposer, instance: Instance, previous: Instance | None
+    ) -> None:
+        proposer.accept = Accept(key, proposer.ballot, instance, previous)
+        proposer.votes = set()
+        proposer.phase = "accepting"
+        proposer.attempts = 0
+        proposer.round_deadline = self.now + self.options.round_timeout_ticks
+        self.observer("accept_sent", (self.node_id, proposer.accept))
+        self._broadcast(proposer.accept)
+
+    # -- steps 5-6: decisions --------------------------------------------------------
+
+    def on_accepted(self, source: int, message: Accepted) -> None:
+        key = message.key
+        proposer = self._proposers.get(key)
+        if proposer is not None:
+            proposer.round_seen = max(proposer.round_seen, message.promised[0])
+        if message.outcome == "already_chosen":
+            if message.decided is not None:
+                self.learn_decision(key, message.decided)
+            if message.chosen is not None:
+                self.learn_decision(key, message.chosen)
+        if (
+            proposer is None
+            or proposer.phase != "accepting"
+            or message.ballot != proposer.accept.ballot
+            or message.instance != proposer.accept.instance
+        ):
+            return  # stale or about another value (R5)
+        if message.outcome == "accepted":
+            proposer.votes.add(source)
+            if len(proposer.votes) >= self.majority:
+                self._on_chosen(key, proposer)
+            return
+        # Rejected, or the version is already decided: our view is old. The
+        # writes in flight stay attached to their ref until a decision settles
+        # them (R9); a new Prepare will recover or supersede the value.
+        proposer.phase = "idle"
+        proposer.ballot = None
+        if message.outcome == "rejected":
+            self._lose_round(proposer)
+        self._drive(key)
+
+    def _on_chosen(self, key: bytes, proposer: KeyProposer) -> None:
+        instance = proposer.accept.instance
+        proposer.phase = "idle"
+        proposer.accept = None
+        for peer in self.peers:
+            self._send(peer, Commit(key, instance))
+        self.learn_decision(key, instance)
+        # Logged after the acceptor record that holds it as chosen: a crash keeps
+        # a prefix of the writes, so whenever the Decision record survives, so
+        # does `chosen`, and a peer handed to state transfer finds every logged
+        # decision by walking our keys (R11).
+        self._append_log(self._next_log_position(), DecisionRecord(key, instance))
+        self._drive(key)
+
+    def _settle_proposed(self, key: bytes, decided: Instance) -> None:
+        """Answer or requeue the writes proposed at versions `decided` covers (R9)."""
+        proposer = self._proposers.get(key)
+        if proposer is None or not proposer.proposed:
+            return
+        for first_version in range(decided.first_version, decided.last_version + 1):
+            for ref, writes in proposer.proposed.pop(first_version, ()):
+                if first_version == decided.first_version and ref == decided.ref:
+                    for write in writes:
+                        self._reply(write.request_id, write.result)
+                else:
+                    # Another value was decided at this version: ours may go again.
+                    for write in reversed(writes):
+                        write.result = None
+                        proposer.queue.appendleft(write)
+
+    # -- time ------------------------------------------------------------------------
+
+    def _lose_round(self, proposer: KeyProposer) -> None:
+        """R6: back off a random, exponentially growing number of ticks."""
+        proposer.phase = "idle"
+        proposer.ballot = None
+        proposer.lost_rounds += 1
+        ceiling = min(
+            self.options.backoff_max_ticks,
+            self.options.backoff_base_ticks * 2 ** min(proposer.lost_rounds, 16),
+        )
+        proposer.backoff_until = self.now + self.rng.randint(1, ceiling)
+
+    def _on_proposer_tick(self, key: bytes) -> None:
+        proposer = self._proposers[key]
+        for write in [w for w in proposer.queue if w.deadline <= self.now]:
+            proposer.queue.remove(write)
+            self._reply(write.request_id, Timeout("no decision before the deadline"))
+        self._expire_proposed(proposer)
+        if proposer.phase in ("preparing", "accepting") and proposer.round_deadline <= self.now:
+            proposer.attempts += 1
+            if proposer.attempts > self.options.round_attempts_max:
+                self._lose_round(proposer)
+            else:
+                proposer.round_deadline = self.now + self.options.round_timeout_ticks
+                if proposer.phase == "preparing":
+                    message = Prepare(key, proposer.prepare_ballot)
+                    answered = set(proposer.promises)
+                else:
+                    message = proposer.accept  # identical resend (R8)
+                    answered = proposer.votes
+                for member in self.members:
+                    if member not in answered:
+                        self._send(member, message)
+        self._drive(key)
+        if (
+            proposer.phase == "idle"
+            and not proposer.queue
+            and proposer.ballot is None
+            and not proposer.proposed
+        ):
+            del self._proposers[key]
+
+    def _expire_proposed(self, proposer: KeyProposer) -> None:
+        for first_version, proposals in list(proposer.proposed.items()):
+            for _ref, writes in proposals:
+                for write in [write for write in writes if write.deadline <= self.now]:
+                    # R9: an Accept left; without a decision the outcome is unknown.
+                    self._reply(write.request_id, Timeout("outcome unknown: no decision learned"))
+                    writes.remove(write)
+            proposals[:] = [proposal for proposal in proposals if proposal[1]]
+            if not proposals:
+                del proposer.proposed[first_version]
