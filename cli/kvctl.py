@@ -75,6 +75,7 @@ Exit codes (stable; scripts may rely on them):
   4  unavailable or overloaded: the operation did not happen
   5  timeout: the outcome is unknown, a write may or may not have happened
   6  any other error from the node (bad request, too large, checksum, internal)
+  130  interrupted (Ctrl-C): a write in flight has an unknown outcome
 
 \b
 Bytes: keys, values and row ids are UTF-8 text, or hex with --hex. A VALUE

@@ -176,6 +176,10 @@ def test_table_append_write_sync_rows_get(node_process):
     assert [(row["row"], row["value"]) for row in listed["rows"]] == [(2, "second"),
                                                                       ("topic", "news")]
     assert kvctl(address, "table", "rows", "room").stdout == "2\t2\tsecond\ntopic\t3\tnews\n"
+    first_page = kvctl_json(address, "table", "rows", "room", "--limit", "1")
+    assert [row["row"] for row in first_page["rows"]] == [2]
+    rest = kvctl_json(address, "table", "rows", "room", "--resume", first_page["resume"])
+    assert [row["row"] for row in rest["rows"]] == ["topic"] and rest["resume"] is None
     assert kvctl_json(address, "table", "get", "room", "2")["value"] == "second"
     assert kvctl(address, "table", "get", "room", "topic").stdout == "news\n"
     assert_one_line_error(kvctl(address, "table", "get", "room", "1"), EXIT_NOT_FOUND, "not found")
