@@ -208,11 +208,22 @@ class Client:
         self._nursery = await self._nursery_manager.__aenter__()
         return self
 
-    async def __aexit__(self, *exc_info) -> bool | None:
-        for link in self._links.values():
-            await link.aclose()
+    async def __aexit__(self, exc_type, exc, traceback) -> bool | None:
+        # Shielded: leaving the block because of a cancellation must still
+        # close the links and exit the nursery.
+        with trio.CancelScope(shield=True):
+            for link in self._links.values():
+                await link.aclose()
         self._nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(*exc_info)
+        try:
+            return await self._nursery_manager.__aexit__(exc_type, exc, traceback)
+        except BaseExceptionGroup as group:
+            # The links' tasks never raise, so a group here only wraps what the
+            # caller's block raised: give the caller its own exception back.
+            matched, rest = group.split(lambda error: error is exc)
+            if exc is not None and matched is not None and rest is None:
+                raise exc from None
+            raise
 
     # -- Key-Value -------------------------------------------------------------
 

@@ -205,3 +205,23 @@ def test_sync_client_round_trip(node_process):
         assert [item.key for item in client.scan(prefix=b"")] == [b"t"]
         assert client.status()["writes_applied"] == 4
         client.ping()
+
+
+async def test_an_error_inside_the_client_block_reaches_the_caller_unwrapped():
+    """`except Unavailable` around `async with Client(...)` catches the error
+    itself, not an ExceptionGroup made by the client's background tasks."""
+    with pytest.raises(Unavailable):
+        async with Client(f"127.0.0.1:{free_port()}") as client:
+            await client.put(b"k", b"v")
+
+
+async def test_leaving_the_client_block_by_cancellation_closes_it_cleanly(node_process):
+    """A cancelled block still closes the client's links and nursery (no
+    'nursery stack corrupted')."""
+    with trio.move_on_after(0.3) as scope:
+        async with Client(node_process.address) as client:
+            await client.put(b"k", b"v")
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    async with Client(node_process.address) as client:
+        assert (await client.get(b"k")).value == b"v"
