@@ -5,6 +5,10 @@ Commands:
 - `check FILE... --model M`: decide whether each history is linearizable.
   Exit status 0 when every history is, 1 when one is not, 2 when a search
   ran out of budget or the input is bad (one line on stderr says why).
+- `run --nodes N --workload W --nemesis N1,N2 --time S --rate R --seed S --out DIR`:
+  one fault-injection run against real node processes (runner.py,
+  docs/jepsen.md). Exit status 0 when every check passed, 1 when one
+  failed, 2 when the run could not be done or a check could not decide.
 
 Each command is a function registered on the `main` group, so others (the
 fault-injection runner) sit beside `check` without touching it.
@@ -12,6 +16,7 @@ fault-injection runner) sit beside `check` without touching it.
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from collections.abc import Hashable
@@ -30,6 +35,10 @@ from .checker import (
 )
 from .checker.linearizability import CheckResult
 from .checker.timeline import write_timeline
+from .nemesis import NEMESES
+from .runner import RunConfig
+from .runner import run as run_test
+from .workloads import WORKLOADS
 
 EXIT_LINEARIZABLE = 0
 EXIT_NOT_LINEARIZABLE = 1
@@ -101,6 +110,48 @@ def check(
     if counts[Verdict.UNKNOWN]:
         sys.exit(EXIT_UNKNOWN_OR_BAD_INPUT)
     sys.exit(EXIT_LINEARIZABLE)
+
+
+@main.command()
+@click.option("--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True,
+              help="Members of the replica group.")
+@click.option("--workload", type=click.Choice(WORKLOADS), default="register", show_default=True)
+@click.option("--nemesis", "nemesis_text", default="partition,kill,pause", show_default=True,
+              help=f"Comma list of {', '.join(NEMESES)}; or none.")
+@click.option("--time", "time_seconds", type=click.FloatRange(min=1), default=60, show_default=True,
+              help="Seconds of workload and faults.")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=30, show_default=True,
+              help="Operations started per second, all clients together.")
+@click.option("--seed", type=int, default=None, help="Seed of the schedule and the workload (default: random).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Results folder (history, verdict, logs, plots); must not hold an earlier run.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=6, show_default=True,
+              help="Client processes, one operation at a time each.")
+@click.option("--operation-timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+              help="Seconds before an operation is given up as indeterminate.")
+@click.option("--availability-min", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Least share of operations begun with a majority reachable that must succeed.")
+@click.option("--check-budget-seconds", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Give the linearizability check up as unknown after this long.")
+@click.option("--test-only-bug", type=click.Choice(["read-without-quorum"]), default=None, hidden=True,
+              help="Start the nodes with a planted bug, to show the checks catch it.")
+def run(nodes: str, workload: str, nemesis_text: str, time_seconds: float, rate: float,
+        seed: int | None, out: Path, concurrency: int, operation_timeout: float,
+        availability_min: float, check_budget_seconds: float, test_only_bug: str | None) -> None:
+    """Run a fault-injection test against a group of real node processes."""
+    nemeses = tuple(name for name in nemesis_text.split(",") if name and name != "none")
+    unknown = sorted(set(nemeses) - set(NEMESES))
+    if unknown:
+        raise click.UsageError(f"unknown nemesis {', '.join(unknown)}; known: {', '.join(NEMESES)}")
+    if seed is None:
+        seed = random.SystemRandom().randrange(1 << 32)
+    config = RunConfig(
+        nodes=int(nodes), workload=workload, nemeses=nemeses, time_seconds=time_seconds, rate=rate,
+        seed=seed, out=out, test_only_bug=test_only_bug, concurrency=concurrency,
+        operation_timeout_seconds=operation_timeout, availability_minimum=availability_min,
+        check_budget_seconds=check_budget_seconds,
+    )
+    sys.exit(run_test(config))
 
 
 def _write_timeline(timeline_path: Path, history_path: Path, result: CheckResult) -> None:

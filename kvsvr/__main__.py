@@ -126,7 +126,13 @@ def serve(
     try:
         storage = RocksStorage(data_dir)
     except StorageError as error:
-        click.echo(f"kvsvr: {error}", err=True)
+        if error.corrupt:
+            # Starting anyway could forget promises and votes this node made:
+            # refuse, and leave the data as it is for the operator.
+            click.echo(f"kvsvr: refusing to start: {error}", err=True)
+            click.echo("kvsvr: this node must not rejoin its group with this data", err=True)
+        else:
+            click.echo(f"kvsvr: {error}", err=True)
         sys.exit(2)
     if members is None:
         trio.run(run_until_signalled, Node(storage, limits), host, port)

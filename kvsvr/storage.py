@@ -22,6 +22,16 @@ write before it are on disk (one WAL, so a synced batch persists every
 earlier write that returned). The in-memory implementation models a crash
 the way the design brief asks: it drops a suffix of the unsynced writes,
 never a random subset.
+
+Corruption (docs/jepsen.md, "corrupt"). An acceptor that silently loses a
+synced promise or vote can break safety for its whole group, so a damaged
+data directory is refused, never half-recovered: the WAL is replayed in
+absolute-consistency mode (a bad checksum or a cut record anywhere stops
+the open; point-in-time recovery silently dropped everything after it),
+every block of every column family is read once at open (RocksDB checks a
+block's checksum only when something reads it), and a scan whose iterator
+fails raises instead of returning what it read so far. The error names the
+damaged file.
 """
 
 from __future__ import annotations
@@ -50,6 +60,10 @@ Write = tuple[str, bytes, bytes | None]
 
 class StorageError(Exception):
     """The storage could not be opened or used (bad path, locked, corrupt)."""
+
+    def __init__(self, message: str, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt  # a checksum or a record failed: the data can't be trusted
 
 
 class Storage(Protocol):
@@ -143,9 +157,9 @@ class RocksStorage:
         options = _options()
         options.create_if_missing(True)
         options.create_missing_column_families(True)
-        # The brief: one WAL, recovery that stops at the first corruption
-        # rather than skipping records past it.
-        options.set_wal_recovery_mode(rocksdict.DBRecoveryMode.point_in_time())
+        # Any damage to the WAL stops the open (see Corruption above); a crash
+        # that tears an unsynced last record is refused too, which is safe.
+        options.set_wal_recovery_mode(rocksdict.DBRecoveryMode.absolute_consistency())
         options.set_paranoid_checks(True)
         try:
             self._db = rocksdict.Rdict(
@@ -154,9 +168,14 @@ class RocksStorage:
                 column_families={name: _options() for name in COLUMN_FAMILIES},
             )
         except Exception as error:  # rocksdict raises plain Exception for IO and lock errors
-            raise StorageError(f"cannot open data directory {self.path}: {error}") from error
+            raise _open_error(self.path, error) from error
         self._handles = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._families = {name: self._db.get_column_family(name) for name in COLUMN_FAMILIES}
+        try:
+            self._read_every_block()
+        except StorageError:
+            self._db.close()
+            raise
         self._synced_write = rocksdict.WriteOptions()
         self._synced_write.sync = True
         self._unsynced_write = rocksdict.WriteOptions()
@@ -179,7 +198,26 @@ class RocksStorage:
                 break
             found.append((key, iterator.value()))
             iterator.next()
+        self._raise_if_failed(iterator, column_family)
         return found
+
+    def _read_every_block(self) -> None:
+        """Read every record once: a block's checksum is checked only when it is read."""
+        for column_family in COLUMN_FAMILIES:
+            iterator = self._families[column_family].iter()
+            iterator.seek_to_first()
+            while iterator.valid():
+                iterator.next()
+            self._raise_if_failed(iterator, column_family)
+
+    def _raise_if_failed(self, iterator: rocksdict.RdictIter, column_family: str) -> None:
+        """An unreadable block ends an iteration early: raise, never answer short."""
+        try:
+            iterator.status()
+        except Exception as error:
+            raise StorageError(
+                f"data directory {self.path} is corrupt ({column_family}): {error}", corrupt=True
+            ) from error
 
     def write(self, writes: Sequence[Write], sync: bool) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -209,3 +247,24 @@ class RocksStorage:
 
 def _options() -> rocksdict.Options:
     return rocksdict.Options(raw_mode=True)
+
+
+def _open_error(path: str, error: Exception) -> StorageError:
+    """Why the open failed; for corruption, with the damaged file named.
+
+    RocksDB names the file in SST and MANIFEST errors but not in WAL ones
+    ("Corruption: checksum mismatch"); its own LOG file names it, in the
+    line that says what recovery would have dropped.
+    """
+    text = str(error)
+    if "Corruption" not in text:
+        return StorageError(f"cannot open data directory {path}: {text}")
+    if ".log" not in text and ".sst" not in text:
+        try:
+            with open(os.path.join(path, "LOG"), errors="replace") as info_log:
+                damaged = [line for line in info_log if "Corruption" in line and ".log:" in line]
+        except OSError:
+            damaged = []
+        if damaged:
+            text += " (" + damaged[0].split("] ", 2)[-1].strip() + ")"
+    return StorageError(f"data directory {path} is corrupt: {text}", corrupt=True)
