@@ -96,6 +96,9 @@ class Notifier:
                 if not watches:
                     del self._watches[user]
 
+    def current_statistics(self) -> dict:
+        return {**self.statistics, "watches": self._watch_count}
+
     def wake_local(self, users) -> int:
         woken = 0
         for user in users:

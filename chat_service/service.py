@@ -129,7 +129,7 @@ class ChatService:
             task_status.started()
 
     def statistics(self) -> dict:
-        return {"fanout": dict(self.fanout.statistics), "notify": dict(self.notifier.statistics),
+        return {"fanout": dict(self.fanout.statistics), "notify": self.notifier.current_statistics(),
                 "presence": dict(self.presence.statistics)}
 
     # -- helpers --------------------------------------------------------------------------
