@@ -17,6 +17,8 @@ Acceptor (PROTOCOL.md, "Acceptor rules"):
   another ref at this (b, v) stops (R8, an AssertionError). A missing
   payload parks the Accept, and every check runs again when the payload
   lands (R4): a promise given meanwhile wins. Accepting raises the promise.
+  Parked Accepts are bounded (`parked_accepts_max`, oldest dropped: an
+  unanswered Accept is resent by its proposer).
 - Every reply leaves after the state behind it is synced: the step wrote
   it, so its effects ask for a sync, and messages wait for it.
 
@@ -27,14 +29,14 @@ their payloads are here, and hands what it cannot fill to catch_up.py.
 Applied versions never have gaps (invariant 4); only state transfer jumps,
 and only upwards (R12).
 
-Calls into other parts: `_fetch_payload`, `_fetch_state` (catch_up.py),
+Calls into other parts: `_fetch_payload`, `_fetch_state`,
+`_payload_held_nowhere`, `_fetch_done` (catch_up.py), `_payload`
+(payloads.py),
 `_settle_proposed`, `_drive` (proposer.py), `_finish_reads_applied`
 (reads.py).
 """
 
 from __future__ import annotations
-
-import collections
 
 from kvsvr import keyspace, model
 from kvsvr.replication.core import (
@@ -49,8 +51,9 @@ from kvsvr.replication.messages import Accept, Accepted, Instance, Prepare, Prom
 
 class Acceptor(ReplicaCore):
     def _init_acceptor(self) -> None:
-        # Accepts waiting for their payload, by ref (R4).
-        self._parked: dict[Ref, list[tuple[int, Accept]]] = collections.defaultdict(list)
+        # Accepts waiting for their payload, by ref, oldest ref first (R4).
+        self._parked: dict[Ref, list[tuple[int, Accept]]] = {}
+        self._parked_count = 0
         self._catching_up: set[bytes] = set()  # keys decided beyond what is applied
 
     # -- acceptor ----------------------------------------------------------------
@@ -114,7 +117,7 @@ class Acceptor(ReplicaCore):
             )
         if self._payload(instance.ref) is None:
             # R4: park; every check above runs again when the payload lands.
-            self._parked[instance.ref].append((source, message))
+            self._park(source, message)
             self._fetch_payload(instance.ref, source)
             return
         if ballot > consensus.promised:
@@ -124,10 +127,24 @@ class Acceptor(ReplicaCore):
         self.observer("accepted", (self.node_id, key, ballot, instance))
         answer("accepted")
 
+    def _park(self, source: int, accept: Accept) -> None:
+        parked = self._parked.setdefault(accept.instance.ref, [])
+        if (source, accept) in parked:
+            return  # a resend of an Accept already waiting
+        parked.append((source, accept))
+        self._parked_count += 1
+        self.observer("parked", (self.node_id, accept.key, accept.instance))
+        while self._parked_count > self.options.parked_accepts_max:
+            # Bounded: the oldest wait is dropped unanswered; its proposer resends.
+            oldest = next(iter(self._parked))
+            self._parked_count -= len(self._parked.pop(oldest))
+
     def _on_payload_stored(self, ref: Ref, key: bytes) -> None:
-        for source, accept in self._parked.pop(ref, ()):
+        parked = self._parked.pop(ref, ())
+        self._parked_count -= len(parked)
+        for source, accept in parked:
             self.on_accept(source, accept)
-        self._fetch_retry_at.pop(("payload", ref), None)
+        self._fetch_done(("payload", ref))
         self._advance(key)
 
     # -- learner -----------------------------------------------------------------
@@ -171,7 +188,12 @@ class Acceptor(ReplicaCore):
                 break
             payload = self._payload(instance.ref)
             if payload is None:
-                self._fetch_payload(instance.ref, instance.ref[0])
+                if self._payload_held_nowhere(instance.ref):
+                    # Every peer said it holds none (collected once applied):
+                    # take the state at the decided version instead.
+                    self._fetch_state(key, consensus.chosen_version)
+                else:
+                    self._fetch_payload(instance.ref, instance.ref[0])
                 break
             mutations = decode_mutations(payload)
             assert len(mutations) == instance.count, f"payload {instance.ref} size mismatch"

@@ -7,27 +7,54 @@ is the only complete path."
 
 - Payload by ref: `FetchPayload` to the ref's origin first, then to each
   other peer in turn (the origin may be down). A reply is stored only if
-  its bytes match the ref's crc32c (invariant 5).
-- State by key: when the instance after the applied version is unknown,
-  `FetchState(key, version_min)` asks a peer for its applied state at a
-  version >= what we know is decided. Installing it (R12) only ever moves
-  the applied version up; it raises `chosen` and never touches the promise
-  or the accepted vote, so an acceptor that catches up this way keeps every
-  promise it made.
+  its bytes match the ref's crc32c (invariant 5). When every peer has said
+  it holds none (payloads are collected once applied, payloads.py), the
+  replica takes the key's state instead.
+- State by key: when the instance after the applied version is unknown or
+  its payload is gone, `FetchState(key, version_min)` asks a peer for its
+  applied state at a version >= what we know is decided. A table's rows
+  come in pages (`state_transfer_page_rows_max`, `_page_max_bytes`), all
+  read in the sender's one step, so all at one version; the receiver
+  installs the state once it holds every page of one version. Installing
+  (R12) only ever moves the applied version up; it raises `chosen` and
+  never touches the promise or the accepted vote, so an acceptor that
+  catches up this way keeps every promise and vote it gave.
+- Decisions by key range: a receiver whose stream cursor fell below its
+  origin's trimmed log (StreamTrimmed, log_stream.py) has missed that
+  origin's Decision records. It moves its cursor to the trim point first
+  (R12: the cursor is taken before the transfer starts), then walks the
+  origin's keys in order, `walk_page_keys_max` per FetchDecisions, learning
+  each key's decided instance. The origin's `chosen` for a key is at least
+  every decision it ever logged for that key (it saves `chosen` before it
+  logs the record), so the walk finds all it missed; each key that is
+  behind then catches up by payload or state as above. The walk's position
+  is durable, so it resumes after a restart, and it asks for a next page
+  only while fewer than `catch_up_keys_max` keys are catching up.
 
 Every fetch is retried every `fetch_retry_ticks` while it is needed,
 rotating over the peers.
 
 Calls into other parts: `_on_payload_stored`, `learn_decision`,
-`_advance` (acceptor.py).
+`_advance` (acceptor.py), `_payload_entry`, `_store_payload` (payloads.py);
+`_start_walk` is called by log_stream.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from kvsvr import keyspace, model
 from kvsvr.replication import durable
-from kvsvr.replication.core import ReplicaCore, decode_value, ignore_event, state_digest
+from kvsvr.replication.core import (
+    ReplicaCore,
+    decode_value,
+    encode_value,
+    ignore_event,
+    state_digest,
+)
 from kvsvr.replication.messages import (
+    DecisionsReply,
+    FetchDecisions,
     FetchPayload,
     FetchState,
     PayloadReply,
@@ -35,11 +62,36 @@ from kvsvr.replication.messages import (
     StateReply,
 )
 
+# A row's size beyond its value (ids, versions, framing), for page sizes.
+_ROW_OVERHEAD_BYTES = 32
+
+
+@dataclasses.dataclass
+class StagedState:
+    """Pages of one version of a key's state, until every page is here."""
+
+    version: int
+    pages: int
+    rows_by_page: dict[int, list] = dataclasses.field(default_factory=dict)
+
 
 class CatchUp(ReplicaCore):
     def _init_catch_up(self) -> None:
-        # ("payload", ref) or ("state", key) -> next retry tick; ("attempts", what) -> count
+        # ("payload", ref), ("state", key) or ("walk", origin) -> next retry tick
         self._fetch_retry_at: dict[tuple, int] = {}
+        self._fetch_attempt_count: dict[tuple, int] = {}
+        self._payload_misses: dict[Ref, int] = {}  # peers that said they hold none
+        self._staged_states: dict[bytes, StagedState] = {}
+        self._walks: dict[int, bytes] = {}  # origin -> the next key to ask for
+
+    def _load_walks(self) -> None:
+        """At start: resume every unfinished walk."""
+        prefix = durable.WALK_PREFIX
+        for stored_key, stored in self.storage.scan("meta", prefix, prefix + b"\xff", 1 << 16):
+            origin = int.from_bytes(stored_key[len(prefix) :], "big")
+            self._walks[origin] = decode_value(stored, stored_key)
+
+    # -- asking ----------------------------------------------------------------
 
     def _fetch_payload(self, ref: Ref, preferred: int) -> None:
         if not self._due(("payload", ref)):
@@ -56,6 +108,9 @@ class CatchUp(ReplicaCore):
         attempt = self._fetch_attempts(("state", key))
         self._send(self.peers[attempt % len(self.peers)], FetchState(key, version_min))
 
+    def _payload_held_nowhere(self, ref: Ref) -> bool:
+        return self._payload_misses.get(ref, 0) >= len(self.peers)
+
     def _due(self, what: tuple) -> bool:
         retry_at = self._fetch_retry_at.get(what)
         if retry_at is not None and retry_at > self.now:
@@ -64,19 +119,27 @@ class CatchUp(ReplicaCore):
         return True
 
     def _fetch_attempts(self, what: tuple) -> int:
-        count_key = ("attempts", what)
-        attempts = self._fetch_retry_at.get(count_key, 0)
-        self._fetch_retry_at[count_key] = attempts + 1
+        attempts = self._fetch_attempt_count.get(what, 0)
+        self._fetch_attempt_count[what] = attempts + 1
         return attempts
+
+    def _forget_fetch(self, what: tuple) -> None:
+        """The fetch is answered: the next one (if any) may leave at once."""
+        self._fetch_retry_at.pop(what, None)
+
+    def _fetch_done(self, what: tuple) -> None:
+        """What the fetch was for is here: forget it altogether."""
+        self._fetch_retry_at.pop(what, None)
+        self._fetch_attempt_count.pop(what, None)
 
     # -- serving peers ---------------------------------------------------------
 
     def on_fetch_payload(self, source: int, message: FetchPayload) -> None:
-        stored = self.storage.get("payloads", durable.ref_key(message.ref))
-        if stored is None:
+        entry = self._payload_entry(message.ref)
+        if entry is None:
             self._send(source, PayloadReply(message.ref, b"", None))
             return
-        key, payload = decode_value(stored, durable.ref_key(message.ref))
+        key, payload = entry
         self._send(source, PayloadReply(message.ref, key, payload))
 
     def on_fetch_state(self, source: int, message: FetchState) -> None:
@@ -85,52 +148,129 @@ class CatchUp(ReplicaCore):
         if state.version < message.version_min:
             self._send(source, StateReply(key, message.version_min, None, None, None))
             return
-        rows = None
-        if state.kind == model.KIND_TABLE:
-            rows = [
-                [row_id, row.version, row.value] for row_id, row in self.keyspace.all_rows(key)
-            ]
-        self._send(
-            source,
-            StateReply(
-                key,
-                message.version_min,
-                [state.version, state.kind, state.value],
-                rows,
-                self._consensus_of(key).chosen,
-            ),
-        )
+        chosen = self._consensus_of(key).chosen
+        described = [state.version, state.kind, state.value]
+        if state.kind != model.KIND_TABLE:
+            self._send(source, StateReply(key, message.version_min, described, None, chosen))
+            return
+        rows = [[row_id, row.version, row.value] for row_id, row in self.keyspace.all_rows(key)]
+        pages = self._pages_of(rows)
+        for page, page_rows in enumerate(pages):
+            self._send(
+                source,
+                StateReply(key, message.version_min, described, page_rows, chosen, page, len(pages)),
+            )
+
+    def _pages_of(self, rows: list) -> list[list]:
+        """Rows cut into pages bounded in count and in bytes; at least one page."""
+        pages: list[list] = [[]]
+        page_bytes = 0
+        for row in rows:
+            size = len(row[0]) + len(row[2] or b"") + _ROW_OVERHEAD_BYTES
+            if pages[-1] and (
+                len(pages[-1]) >= self.options.state_transfer_page_rows_max
+                or page_bytes + size > self.options.state_transfer_page_max_bytes
+            ):
+                pages.append([])
+                page_bytes = 0
+            pages[-1].append(row)
+            page_bytes += size
+        return pages
+
+    def on_fetch_decisions(self, source: int, message: FetchDecisions) -> None:
+        page_keys = self.options.walk_page_keys_max
+        found = self.storage.scan("acceptor", message.start_key, None, page_keys + 1)
+        decisions = []
+        for key, stored in found[:page_keys]:
+            consensus = self._consensus.get(key) or durable.KeyConsensus.from_record(stored, key)
+            if consensus.chosen is not None:
+                decisions.append((key, consensus.chosen))
+        next_key = found[page_keys][0] if len(found) > page_keys else None
+        self._send(source, DecisionsReply(message.start_key, tuple(decisions), next_key))
 
     # -- taking what peers send ------------------------------------------------
 
     def on_payload_reply(self, source: int, message: PayloadReply) -> None:
         if message.payload is None:
-            self._fetch_retry_at.pop(("payload", message.ref), None)  # ask the next one
+            self._payload_misses[message.ref] = self._payload_misses.get(message.ref, 0) + 1
+            self._forget_fetch(("payload", message.ref))  # ask the next one
             return
         if self._store_payload(message.ref, message.key, message.payload):
+            self._payload_misses.pop(message.ref, None)
             self._on_payload_stored(message.ref, message.key)
 
     def on_state_reply(self, source: int, message: StateReply) -> None:
         key = message.key
         if message.state is None:
-            self._fetch_retry_at.pop(("state", key), None)  # ask the next peer
+            self._forget_fetch(("state", key))  # ask the next peer
             return
         version, kind, value = message.state
-        local = self.keyspace.key_state(key)
-        if version <= local.version:
+        if version <= self._applied_version(key):
+            self._staged_states.pop(key, None)
             return  # R12: state transfer only moves the applied version up
-        installed = model.KeyState(version, kind, value)
+        rows = message.rows
+        if message.pages > 1:
+            staged = self._staged_states.get(key)
+            if staged is None or (staged.version, staged.pages) != (version, message.pages):
+                staged = self._staged_states[key] = StagedState(version, message.pages)
+            staged.rows_by_page[message.page] = message.rows
+            if len(staged.rows_by_page) < staged.pages:
+                return
+            del self._staged_states[key]
+            rows = [row for page in range(staged.pages) for row in staged.rows_by_page[page]]
+        self._install_state(key, model.KeyState(version, kind, value), rows, message.chosen)
+
+    def _install_state(
+        self, key: bytes, installed: model.KeyState, rows: list | None, chosen
+    ) -> None:
+        """R12: the applied state moves up to `installed`; promise and vote stay."""
         writes = [("keys", key, installed.to_record())]
-        if message.rows is not None:
-            writes.extend(keyspace.table_writes(key, message.rows))
+        if rows is not None:
+            writes.extend(keyspace.table_writes(key, rows))
         self._write(writes)
+        self.observer("state_installed", (self.node_id, key, installed.version))
         if self.observer is not ignore_event:
-            self.observer("applied", (self.node_id, key, version, state_digest(self, key)))
+            self.observer(
+                "applied", (self.node_id, key, installed.version, state_digest(self, key))
+            )
         consensus = self._consensus_of(key)
-        if message.chosen is not None:
-            self.learn_decision(key, message.chosen)
-        for first_version in [v for v in consensus.pending if v <= version]:
-            del consensus.pending[first_version]
+        if chosen is not None:
+            self.learn_decision(key, chosen)
+        for first_version in [v for v in consensus.pending if v <= installed.version]:
+            self._payload_misses.pop(consensus.pending.pop(first_version).ref, None)
         self._save(key)
-        self._fetch_retry_at.pop(("state", key), None)
+        self._fetch_done(("state", key))
         self._advance(key)
+
+    # -- the walk of an origin's decided keys ------------------------------------
+
+    def _start_walk(self, origin: int) -> None:
+        self._walks[origin] = b""
+        self._write([("meta", durable.walk_key(origin), encode_value(b""))])
+        self._forget_fetch(("walk", origin))
+        self.observer("walk_started", (self.node_id, origin))
+        self._continue_walk(origin)
+
+    def _continue_walk(self, origin: int) -> None:
+        if len(self._catching_up) >= self.options.catch_up_keys_max:
+            return  # the keys already behind first; the tick asks again
+        if self._due(("walk", origin)):
+            self._send(origin, FetchDecisions(self._walks[origin]))
+
+    def on_decisions_reply(self, source: int, message: DecisionsReply) -> None:
+        if self._walks.get(source) != message.start_key:
+            return  # a walk that ended or moved on
+        for key, instance in message.decisions:
+            self.learn_decision(key, instance)
+        self._forget_fetch(("walk", source))
+        if message.next_key is None:
+            del self._walks[source]
+            self._write([("meta", durable.walk_key(source), None)])
+            return
+        self._walks[source] = message.next_key
+        self._write([("meta", durable.walk_key(source), encode_value(message.next_key))])
+        self._continue_walk(source)
+
+    def _on_catch_up_tick(self) -> None:
+        for origin in sorted(self._walks):
+            self._continue_walk(origin)

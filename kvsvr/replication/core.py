@@ -4,7 +4,9 @@ Theory. `replica.Replica` is one object assembled from parts, each in its
 own module and each opening with its own theory:
 
     acceptor.py    acceptor and learner: votes, decisions, applying in order
-    catch_up.py    pulling what a replica lacks: payloads by ref, state by key
+    catch_up.py    pulling what a replica lacks: payloads by ref, state by key,
+                   decisions by key range
+    payloads.py    where payload bytes live, what pins them, collecting them
     proposer.py    coordinating writes: Prepare, recovery, Accept, batching
     reads.py       linearizable reads
     log_stream.py  the node's own replication log and its stream to each peer
@@ -17,9 +19,7 @@ which leaves after that sync) and `_reply` (a client answer, last).
 another only through the methods its module docstring names.
 
 The per-key consensus record (durable.KeyConsensus) is cached in memory
-and written through on every change (`_save`); the payload store maps a
-ref to its bytes, which are checked against the ref's crc32c before they
-are stored (invariant 5).
+and written through on every change (`_save`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import crc32c
 from kvsvr import keyspace, model, records
 from kvsvr.limits import Limits
 from kvsvr.replication import durable
-from kvsvr.replication.messages import Effects, Instance, Message, Ref, Vote
+from kvsvr.replication.messages import Effects, Instance, Message, Vote
 from kvsvr.replication.options import ReplicaOptions
 
 if TYPE_CHECKING:
@@ -128,25 +128,6 @@ class ReplicaCore:
 
     def consensus_snapshot(self, key: bytes) -> durable.KeyConsensus:
         return self._consensus_of(key)
-
-    # -- the payload store -------------------------------------------------------
-
-    def _payload(self, ref: Ref) -> bytes | None:
-        stored = self.storage.get("payloads", durable.ref_key(ref))
-        if stored is None:
-            return None
-        key, payload = decode_value(stored, durable.ref_key(ref))
-        return payload
-
-    def _store_payload(self, ref: Ref, key: bytes, payload: bytes) -> bool:
-        """Store a payload received from a peer; False (and nothing stored) if corrupt."""
-        if crc32c.crc32c(payload) != ref[3]:
-            self.observer("corrupt_payload", (self.node_id, ref))
-            return False
-        self.observer("payload", (ref, payload))
-        if self._payload(ref) is None:
-            self._write([("payloads", durable.ref_key(ref), encode_value([key, payload]))])
-        return True
 
 
 def ignore_event(event: str, details: Any) -> None:

@@ -12,6 +12,9 @@ every other record (records.py):
     log        u32 incarnation || u64 seq -> a log record of our own
     cursors    u32 origin -> the position in that origin's log we hold up to
     meta       b"incarnation" -> the current incarnation (R1)
+               b"log_trimmed_through" -> our log holds no record at or below it
+               b"walk" || u32 origin -> the next key of an unfinished walk of
+               that origin's decided keys (after its log was trimmed past us)
 
 Versions and consensus state are never garbage-collected, only value
 bytes (R3).
@@ -43,6 +46,8 @@ _POSITION = struct.Struct(">IQ")
 _REF = struct.Struct(">IIQI")
 _ORIGIN = struct.Struct(">I")
 INCARNATION_KEY = b"incarnation"
+LOG_TRIMMED_KEY = b"log_trimmed_through"
+WALK_PREFIX = b"walk"
 
 
 @dataclasses.dataclass(slots=True)
@@ -111,8 +116,23 @@ def ref_key(ref: Ref) -> bytes:
     return _REF.pack(*ref)
 
 
+def ref_from_key(stored_key: bytes) -> Ref:
+    return _REF.unpack(stored_key)
+
+
 def origin_key(origin: int) -> bytes:
     return _ORIGIN.pack(origin)
+
+
+def walk_key(origin: int) -> bytes:
+    return WALK_PREFIX + _ORIGIN.pack(origin)
+
+
+def ref_range_key(origin: int, position: LogPosition) -> bytes:
+    """The smallest payloads key of `origin` after `position`: refs sort by
+    (origin, incarnation, seq), so one origin's payloads up to a position
+    are one range."""
+    return _REF.pack(origin, position[0], position[1] + 1, 0)
 
 
 def log_record_to_bytes(record: LogRecord) -> bytes:

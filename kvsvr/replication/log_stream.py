@@ -26,12 +26,26 @@ sync: acks are cumulative and only ever name synced records. Every
 `stream_ack_interval_ticks` a receiver acks each origin anyway: that is how
 a restarted origin learns where each peer stands.
 
+Trimming (R11). Once every peer has acknowledged a position, every peer
+durably holds the records up to it, and the origin deletes them (at most
+`log_trim_batch_records_max` per tick). A peer that stays behind (down,
+partitioned) would make the log grow without bound, so past
+`log_retained_records_max` records the origin trims anyway and hands that
+peer to state transfer: when the records a peer needs next are gone, the
+origin sends `StreamTrimmed(trim point)` instead. The peer moves its cursor
+to the trim point (durably, before anything else) and walks the origin's
+decided keys to learn the decisions it missed (catch_up.py). Payloads
+pinned on the origin (payloads.py) are copied out of a record before it is
+trimmed, so they survive it. The trim point is durable, so a restarted
+origin still answers StreamTrimmed.
+
 The stream is an optimisation and a bulk path, never the only one: a
 decision may exist in no stream (its coordinator crashed before logging
 it), so catch-up pulls what is missing (catch_up.py).
 
 Calls into other parts: `learn_decision`, `_on_payload_stored`
-(acceptor.py).
+(acceptor.py), `_store_payload`, `_payload_pinned` (payloads.py),
+`_start_walk` (catch_up.py).
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ from kvsvr.replication.messages import (
     PayloadRecord,
     StreamAck,
     StreamRecords,
+    StreamTrimmed,
 )
 
 
@@ -62,15 +77,25 @@ class LogStream(ReplicaCore):
     def _init_log_stream(self) -> None:
         self._log_next_seq = 1
         self._log_last: LogPosition = LOG_START
+        self._log_trimmed_through: LogPosition = LOG_START
+        self._log_record_count = 0
         self._streams = {peer: StreamOut() for peer in self.peers}
         self._cursors: dict[int, LogPosition] = {}  # origin -> position held up to
         self._last_ack_tick: dict[int, int] = {}
 
     def _load_log_state(self) -> None:
-        """At start: find the log's tail and the cursors of every origin."""
-        last = self.storage.scan("log", b"", None, 1 << 62)  # the log tail, for streaming
-        if last:
-            self._log_last = durable.position_from_key(last[-1][0])
+        """At start: find the log's tail, its trim point and the cursors of every origin."""
+        stored_trim_point = self.storage.get("meta", durable.LOG_TRIMMED_KEY)
+        if stored_trim_point is not None:
+            self._log_trimmed_through = tuple(
+                decode_value(stored_trim_point, durable.LOG_TRIMMED_KEY)
+            )
+            self._log_last = self._log_trimmed_through
+        # The log holds at most about log_retained_records_max records.
+        records = self.storage.scan("log", b"", None, 1 << 62)
+        self._log_record_count = len(records)
+        if records:
+            self._log_last = durable.position_from_key(records[-1][0])
         for origin_stored_key, stored_cursor in self.storage.scan("cursors", b"", None, 1 << 16):
             origin = int.from_bytes(origin_stored_key, "big")
             self._cursors[origin] = tuple(decode_value(stored_cursor, origin_stored_key))
@@ -85,9 +110,41 @@ class LogStream(ReplicaCore):
     def _append_log(self, position: LogPosition, record: LogRecord) -> None:
         assert position > self._log_last
         self._log_last = position
+        self._log_record_count += 1
         self._write(
             [("log", durable.position_key(position), durable.log_record_to_bytes(record))]
         )
+
+    def _trim_log(self) -> None:
+        """R11: drop records every peer acknowledged, and the oldest beyond retention."""
+        acks = [stream.acked for stream in self._streams.values()]
+        floor = min(acks) if None not in acks and acks else None
+        excess = self._log_record_count - self.options.log_retained_records_max
+        if excess <= 0 and (floor is None or floor <= self._log_trimmed_through):
+            return
+        found = self.storage.scan("log", b"", None, self.options.log_trim_batch_records_max)
+        writes = []
+        trimmed_through = None
+        for stored_key, stored in found:
+            position = durable.position_from_key(stored_key)
+            if excess <= 0 and (floor is None or position > floor):
+                break
+            record = durable.log_record_from_bytes(stored, stored_key)
+            if isinstance(record, PayloadRecord) and self._payload_pinned(record.key, record.ref):
+                # Pinned payloads survive trimming, in the payloads column family.
+                writes.append(
+                    ("payloads", durable.ref_key(record.ref), encode_value([record.key, record.payload]))
+                )
+            writes.append(("log", stored_key, None))
+            trimmed_through = position
+            excess -= 1
+        if trimmed_through is None:
+            return
+        self._log_record_count -= sum(1 for write in writes if write[0] == "log")
+        self._log_trimmed_through = trimmed_through
+        writes.append(("meta", durable.LOG_TRIMMED_KEY, encode_value(list(trimmed_through))))
+        self._write(writes)
+        self.observer("log_trimmed", (self.node_id, trimmed_through))
 
     # -- sending -----------------------------------------------------------------
 
@@ -97,6 +154,11 @@ class LogStream(ReplicaCore):
             if stream.acked is None or stream.sent >= self._log_last:
                 continue
             start = max(stream.sent, stream.acked)
+            if start < self._log_trimmed_through:
+                # R11: what this peer needs next is trimmed: hand it to state transfer.
+                self._send(peer, StreamTrimmed(self._log_trimmed_through))
+                stream.sent = self._log_trimmed_through
+                continue
             if (
                 start[0] == stream.acked[0]
                 and start[1] - stream.acked[1] >= self.options.stream_window_records
@@ -131,6 +193,19 @@ class LogStream(ReplicaCore):
         stream.sent = max(stream.sent, stream.acked)
 
     # -- receiving ---------------------------------------------------------------
+
+    def on_stream_trimmed(self, source: int, message: StreamTrimmed) -> None:
+        cursor = self._cursors.get(source, LOG_START)
+        trim_point = message.trimmed_through
+        if trim_point > cursor:
+            # R12: the cursor moves first (durably, with the walk it starts);
+            # decisions below it come from walking the origin's keys.
+            cursor = trim_point
+            self._cursors[source] = cursor
+            self._write([("cursors", durable.origin_key(source), encode_value(list(cursor)))])
+            self._start_walk(source)
+        self._send(source, StreamAck(cursor))
+        self._last_ack_tick[source] = self.now
 
     def on_stream_records(self, source: int, message: StreamRecords) -> None:
         cursor = self._cursors.get(source, LOG_START)

@@ -13,9 +13,10 @@ that arrived while the previous instance was in flight; PROTOCOL.md,
 "dynamic merging"). The key's `chosen` is the last decided instance, and
 an Accept is for the instance starting at chosen.last_version + 1.
 
-Two channels (PROTOCOL.md): the stream channel carries `StreamRecords` and
-`StreamAck` (payload bytes, batched); everything else is the consensus
-channel, small messages that never wait behind payload bytes.
+Two channels (PROTOCOL.md): the stream channel carries `StreamRecords`,
+`StreamAck` and `StreamTrimmed` (payload bytes, batched); everything else
+is the consensus channel, small messages that never wait behind payload
+bytes.
 """
 
 from __future__ import annotations
@@ -145,14 +146,37 @@ class FetchState:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StateReply:
+    """One page of the sender's applied state of `key`.
+
+    A table's rows are split into `pages` messages, all read in one step
+    (so all at one version) and sent together; the receiver installs the
+    state once it holds every page of one version (R12).
+    """
+
     key: bytes
     version_min: int
     # The sender's applied state (KeyState as [version, kind, value]) and, for
-    # a table, its rows as [row_id, version, value]; None if it has not
-    # applied version_min yet.
+    # a table, this page's rows as [row_id, version, value]; None if it has
+    # not applied version_min yet.
     state: list | None
     rows: list | None
     chosen: Instance | None
+    page: int = 0
+    pages: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchDecisions:
+    """Ask for the decided instance of every key from `start_key` on (a key-range walk)."""
+
+    start_key: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecisionsReply:
+    start_key: bytes
+    decisions: tuple[tuple[bytes, Instance], ...]  # (key, chosen), in key order
+    next_key: bytes | None  # where the walk goes on; None: it is complete
 
 
 # -- stream channel --------------------------------------------------------------
@@ -197,6 +221,17 @@ class StreamAck:
     position: LogPosition
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamTrimmed:
+    """The sender's log no longer holds the records up to `trimmed_through`.
+
+    A receiver whose cursor is below it moves the cursor there and learns
+    what it missed by walking the sender's decided keys (R11, R12).
+    """
+
+    trimmed_through: LogPosition
+
+
 Message = (
     Prepare
     | Promise
@@ -209,11 +244,14 @@ Message = (
     | PayloadReply
     | FetchState
     | StateReply
+    | FetchDecisions
+    | DecisionsReply
     | StreamRecords
     | StreamAck
+    | StreamTrimmed
 )
 
-STREAM_MESSAGES = (StreamRecords, StreamAck)
+STREAM_MESSAGES = (StreamRecords, StreamAck, StreamTrimmed)
 
 
 @dataclasses.dataclass

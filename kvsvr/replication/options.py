@@ -35,6 +35,30 @@ class ReplicaOptions:
     stream_retransmit_ticks: int = 24
     # Fetches of a missing payload or state are retried this often.
     fetch_retry_ticks: int = 12
+    # Log trimming (R11). An origin trims below every peer's acknowledged
+    # position; beyond this many records it trims anyway, and a peer left
+    # below the trim point catches up by state transfer (it is told so).
+    log_retained_records_max: int = 100_000
+    # Records deleted per tick, so one tick's work stays small.
+    log_trim_batch_records_max: int = 1024
+    # A received payload nothing pins (no accepted vote, no pending decision
+    # here) is kept at least this long, so the Accept or decision that
+    # follows its stream record finds it, then collected.
+    payload_keep_ticks: int = 2000
+    # Payloads looked at per tick by that collection.
+    payload_collect_batch_max: int = 1024
+    # State transfer: rows per StateReply page, and the bytes of row values
+    # per page (one row always fits: a value is at most one frame).
+    state_transfer_page_rows_max: int = 1000
+    state_transfer_page_max_bytes: int = 1024 * 1024
+    # A walk of an origin's decided keys (after its log was trimmed past us):
+    # keys per DecisionsReply, and keys catching up at once before the walk
+    # asks for its next page (each may need a state transfer).
+    walk_page_keys_max: int = 256
+    catch_up_keys_max: int = 64
+    # Accepts parked for their payload (R4), across all refs; past it the
+    # oldest ref's are dropped unanswered (their proposers resend).
+    parked_accepts_max: int = 4096
     # Mutations merged into one instance, and the payload bytes they may total.
     batch_mutations_max: int = 128
     batch_payload_max_bytes: int = 1024 * 1024

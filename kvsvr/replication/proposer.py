@@ -49,7 +49,7 @@ import crc32c
 from kvsvr import model
 from kvsvr.errors import ConditionFailed, KvError, Timeout
 from kvsvr.replication import durable
-from kvsvr.replication.core import ReplicaCore, encode_value, votes_after
+from kvsvr.replication.core import ReplicaCore, votes_after
 from kvsvr.replication.messages import (
     Accept,
     Accepted,
@@ -231,8 +231,7 @@ class Proposer(ReplicaCore):
         position = self._next_log_position()
         ref: Ref = (self.node_id, self.incarnation, position[1], crc32c.crc32c(payload))
         self.observer("payload", (ref, payload))
-        self._append_log(position, PayloadRecord(ref, key, payload))
-        self._write([("payloads", durable.ref_key(ref), encode_value([key, payload]))])
+        self._append_log(position, PayloadRecord(ref, key, payload))  # our payloads live in our log
         instance = Instance(consensus.chosen_version + 1, len(batch), ref)
         proposer.proposed.setdefault(instance.first_version, []).append((ref, batch))
         self._send_accept(key, proposer, instance, consensus.chosen)

@@ -17,8 +17,11 @@ own module, which opens with its theory:
   batching; R2, R6, R7, R9);
 - reads.py: linearizable reads (R10) and the confirmation of failed
   conditions (R7);
-- catch_up.py: pulling missing payloads and state from peers (R12);
-- log_stream.py: the node's own log and its stream to each peer;
+- catch_up.py: pulling missing payloads, state (R12) and decisions from
+  peers;
+- log_stream.py: the node's own log, its stream to each peer, and its
+  trimming (R11);
+- payloads.py: where payload bytes live, what pins them, collecting them;
 - core.py: what they share (identity, storage, effects, per-key records).
 
 This module assembles them and holds the one dispatch point: `step`
@@ -42,7 +45,9 @@ from kvsvr.replication.messages import (
     Accept,
     Accepted,
     Commit,
+    DecisionsReply,
     Effects,
+    FetchDecisions,
     FetchPayload,
     FetchState,
     Message,
@@ -54,8 +59,10 @@ from kvsvr.replication.messages import (
     StateReply,
     StreamAck,
     StreamRecords,
+    StreamTrimmed,
 )
 from kvsvr.replication.options import DEFAULT_OPTIONS, ReplicaOptions
+from kvsvr.replication.payloads import PayloadStore
 from kvsvr.replication.proposer import Proposer
 from kvsvr.replication.reads import Reads
 from kvsvr.requests import Get, Request, Sync, TableGet, TableRows, Write
@@ -64,7 +71,7 @@ if TYPE_CHECKING:
     import random
 
 
-class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream):
+class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
     def __init__(
         self,
         node_id: int,
@@ -81,6 +88,7 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream):
         self._init_proposer()
         self._init_reads()
         self._init_log_stream()
+        self._init_payloads()
 
     # -- the four entry points -------------------------------------------------
 
@@ -92,6 +100,7 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream):
         self.incarnation = previous + 1
         self._write([("meta", durable.INCARNATION_KEY, encode_value(self.incarnation))])
         self._load_log_state()
+        self._load_walks()
         self.started = True
         return self._take_effects()
 
@@ -136,10 +145,16 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream):
                 self.on_fetch_state(source, message)
             case StateReply():
                 self.on_state_reply(source, message)
+            case FetchDecisions():
+                self.on_fetch_decisions(source, message)
+            case DecisionsReply():
+                self.on_decisions_reply(source, message)
             case StreamRecords():
                 self.on_stream_records(source, message)
             case StreamAck():
                 self.on_stream_ack(source, message)
+            case StreamTrimmed():
+                self.on_stream_trimmed(source, message)
             case _:
                 raise AssertionError(f"unknown message {message!r}")
         self._pump_streams()
@@ -155,7 +170,10 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream):
         # Sorted: set order depends on the hash seed, and a run must replay from its seed.
         for key in sorted(self._catching_up | self._reads_waiting_apply.keys()):
             self._advance(key)
+        self._on_catch_up_tick()
         self._on_stream_tick()
+        self._trim_log()
+        self._collect_payloads()
         self._pump_streams()
         return self._take_effects()
 
