@@ -48,8 +48,8 @@ per channel.
 (`chat/fanout/{channel}/lease`, compare-and-set, with an expiry time),
 drains the log round by round (read cursor, sync the log from it, place
 the entries, deliver to every member with bounded concurrency, advance the
-cursor by compare-and-set, renew the lease), and releases the lease when
-the log is drained. The lease only saves work: two workers on one channel
+cursor by compare-and-set) while a task renews the lease every third of its
+term, and releases the lease when the log is drained. The lease only saves work: two workers on one channel
 (a stale lease holder, clocks that disagree) still can't duplicate
 anything, because every step above is conditional. The instance that
 accepted a send starts a worker at once; every instance also sweeps the
@@ -64,6 +64,7 @@ entry are the members when the worker delivers it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -107,6 +108,8 @@ class FanoutLimits:
     lease_wait_poll_seconds: float = 0.05
     # How often the sweep looks for channels nobody drains.
     sweep_seconds: float = 1.0
+    # Inbox states (version, marker) remembered from this instance's own writes.
+    inbox_states_max: int = 200_000
     # Deadline of one store step before the worker backs off and starts over.
     step_deadline_seconds: float = 10.0
 
@@ -141,6 +144,9 @@ class Fanout:
         self.limits = limits
         self.clock = clock  # wall clock: leases are compared across instances
         self._targets: dict[str, int] = {}  # channel -> log seq it must be drained to
+        # (user, channel) -> (inbox version, marker at that version), from our writes
+        self._inbox_states: collections.OrderedDict[tuple[str, str], tuple[int, int]] = (
+            collections.OrderedDict())
         self._wanted = trio.Semaphore(limits.channels_in_flight_max)
         self._nursery: trio.Nursery | None = None
         self.statistics = {
@@ -230,7 +236,7 @@ class Fanout:
                             await trio.sleep(self.limits.lease_wait_poll_seconds)
                             continue
                         try:
-                            await self.drain(channel, lease)
+                            await self._drain_holding(channel, lease)
                         finally:
                             with trio.CancelScope(shield=True), trio.move_on_after(2):
                                 await self._release_lease(lease)
@@ -245,7 +251,26 @@ class Fanout:
 
     # -- one channel ----------------------------------------------------------------------
 
-    async def drain(self, channel: str, lease: _Lease | None = None) -> int:
+    async def _drain_holding(self, channel: str, lease: _Lease) -> None:
+        """Drain while a task keeps the lease renewed; losing it stops the drain
+        (carrying on would be safe, only wasted)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_lease, lease, nursery.cancel_scope)
+            await self.drain(channel)
+            nursery.cancel_scope.cancel()
+
+    async def _keep_lease(self, lease: _Lease, drain_scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(self.limits.lease_seconds / 3)
+            try:
+                await self._renew_lease(lease)
+            except StoreUnavailable:
+                drain_scope.cancel()
+                return
+            except KvError:
+                pass  # try again; the lease runs for a while yet
+
+    async def drain(self, channel: str) -> int:
         """Deliver everything on the channel's log; returns the cursor reached."""
         while True:
             cursor, cursor_version = await self._read_cursor(channel)
@@ -264,8 +289,6 @@ class Fanout:
             await self._deliver_all(channel, entries, recipients)
             await self._advance_cursor(channel, cursor_version, result.version)
             self.statistics["rounds"] += 1
-            if lease is not None:
-                lease = await self._renew_lease(lease)
 
     async def _canonical_entries(
         self, channel: str, logged: list[tuple[int, str]]
@@ -342,23 +365,38 @@ class Fanout:
         self, user: str, channel: str, entries: list[keys.InboxEntry]
     ) -> int | None:
         """Write the entries above the inbox's marker for `channel`, with the new
-        marker, conditionally on the version read (see the theory above).
-        Returns the inbox's new version, or None if everything was there."""
+        marker, conditionally on the version the marker was known at (see the
+        theory above). Returns the inbox's new version, or None if everything
+        was there.
+
+        The marker and version come from a read, or from this worker's own last
+        write to the inbox (`_inbox_states`): the state at a version never
+        changes, so a write conditioned on a version we wrote ourselves is as
+        safe as one conditioned on a read, and a round to a group whose members
+        nobody else writes to costs one store call per member instead of two.
+        """
         inbox = keys.inbox_key(user)
         marker = keys.marker_row_id(channel)
         deadline = trio.current_time() + self.limits.step_deadline_seconds
+        known = self._inbox_states.pop((user, channel), None)
         attempt = 0
         while True:
             try:
-                value, version = await table_row_and_version(self.store, inbox, marker)
-                delivered = keys.decode_seq(value) if value is not None else 0
+                if known is None:
+                    value, version = await table_row_and_version(self.store, inbox, marker)
+                    known = (version, keys.decode_seq(value) if value is not None else 0)
+                version, delivered = known
                 pending = [entry for entry in entries if entry.seq > delivered]
                 if not pending:
+                    self._remember_inbox(user, channel, known)
                     return None
                 puts = [(keys.entry_row_id(channel, e.seq), keys.encode_entry(e)) for e in pending]
                 puts.append((marker, keys.encode_seq(pending[-1].seq)))
                 self.statistics["inbox_writes"] += 1
-                return await self.store.table_write(inbox, puts, expected_version=version)
+                known = None
+                new_version = await self.store.table_write(inbox, puts, expected_version=version)
+                self._remember_inbox(user, channel, (new_version, pending[-1].seq))
+                return new_version
             except ConditionFailed:
                 # Another channel (or worker) wrote this inbox first: read again.
                 self.statistics["inbox_conflicts"] += 1
@@ -371,6 +409,11 @@ class Fanout:
                     raise StoreUnavailable(f"delivering to {user}: {error.message}") from None
                 await trio.sleep(backoff_seconds(attempt))
                 attempt += 1
+
+    def _remember_inbox(self, user: str, channel: str, state: tuple[int, int]) -> None:
+        self._inbox_states[(user, channel)] = state
+        while len(self._inbox_states) > self.limits.inbox_states_max:
+            self._inbox_states.popitem(last=False)
 
     # -- cursor and lease -----------------------------------------------------------------
 
@@ -411,8 +454,6 @@ class Fanout:
         return _Lease(channel, new_version, expires_at)
 
     async def _renew_lease(self, lease: _Lease) -> _Lease:
-        if lease.expires_at - self.clock() > self.limits.lease_seconds / 2:
-            return lease
         expires_at = self.clock() + self.limits.lease_seconds
         record = keys.encode_json({"owner": self.instance_id, "expires_at": expires_at})
         try:

@@ -1,0 +1,272 @@
+"""chat-bench: simulated users and groups sending and syncing through chat_service.
+
+    chat-bench --chat URL[,URL...] --users N --groups G --group-size S --messages M [--rate R]
+
+Theory of operation. The bench creates N users (names carry a random run
+id, so runs against one store never collide) and G groups of S members
+drawn from them (seeded), spreading users over the given instances. Every
+user that belongs to a group keeps one long-poll sync open through its
+instance and records when each message first reaches it. Senders send M
+group messages, each from a random member of a random group, at R messages
+a second (or as fast as `--concurrency` sends in flight allow), retrying a
+failed send with the same message id. A send is *accepted* when it is
+answered 202.
+
+Figures:
+- delivery latency: from a send's acceptance to the moment a recipient's
+  sync answer carries it, over every (message, recipient) pair, sender
+  included; p50 and p99;
+- msgs_per_s: accepted messages divided by the time from the first send to
+  the last delivery (so it counts fan-out, not just acceptance);
+- missing and duplicates: after every send is answered, the bench waits for
+  the expected deliveries (up to `--drain-seconds`), stops the long-polls,
+  syncs every user once more, and runs the delivery checker on what each
+  user received.
+
+The run is bounded: M messages, then the drain deadline, then it stops.
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+import uuid
+
+import click
+import trio
+
+from chat_service import keys
+from chat_service.delivery_check import Delivered, SentMessage, check_deliveries
+from chat_service.http_client import ChatClient, ChatError
+
+SETUP_IN_FLIGHT_MAX = 32
+
+
+@dataclasses.dataclass
+class Receiver:
+    user: str
+    instance: int
+    snapshot: dict = dataclasses.field(default_factory=dict)
+    received: list[Delivered] = dataclasses.field(default_factory=list)
+    first_seen: dict[str, float] = dataclasses.field(default_factory=dict)
+    errors: int = 0
+
+    def take(self, answer: dict, now: float) -> None:
+        self.snapshot = answer["snapshot"]
+        for message in answer["messages"]:
+            self.received.append(Delivered(message["message_id"], message["channel"]))
+            self.first_seen.setdefault(message["message_id"], now)
+
+
+@dataclasses.dataclass
+class Plan:
+    users: list[str]
+    groups: dict[str, list[str]]
+    sends: list[tuple[str, str, str]]  # (group, sender, message id)
+
+
+def make_plan(run: str, users: int, groups: int, group_size: int, messages: int,
+              seed: int) -> Plan:
+    rng = random.Random(seed)
+    names = [f"b{run}-u{index:05d}" for index in range(users)]
+    size = min(group_size, users)
+    group_members = {f"b{run}-g{index:04d}": sorted(rng.sample(names, size))
+                     for index in range(groups)}
+    group_names = sorted(group_members)
+    sends = []
+    for index in range(messages):
+        group = rng.choice(group_names)
+        sends.append((group, rng.choice(group_members[group]), f"b{run}-m{index:06d}"))
+    return Plan(names, group_members, sends)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+async def bounded_all(calls, limit: int) -> None:
+    limiter = trio.Semaphore(limit)
+
+    async def one(call):
+        async with limiter:
+            await call()
+
+    async with trio.open_nursery() as nursery:
+        for call in calls:
+            nursery.start_soon(one, call)
+
+
+async def run_bench(urls: list[str], *, users: int, groups: int, group_size: int,
+                    messages: int, rate: float | None, concurrency: int, seed: int,
+                    wait_seconds: float, drain_seconds: float, out=sys.stdout) -> dict:
+    run = uuid.uuid4().hex[:6]
+    plan = make_plan(run, users, groups, group_size, messages, seed)
+    members = sorted({user for group in plan.groups.values() for user in group})
+    say = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    say(f"chat-bench run {run}: {users} users, {groups} groups of {group_size}, "
+        f"{messages} messages, rate {rate or 'max'}, {len(urls)} instance(s)")
+
+    async with ChatClient(urls, connections_max=len(members) + concurrency + 16) as chat:
+        started = time.monotonic()
+        await bounded_all([lambda u=user, i=index: chat.create_account(u, instance=i)
+                           for index, user in enumerate(plan.users)], SETUP_IN_FLIGHT_MAX)
+        for index, (group, group_members) in enumerate(plan.groups.items()):
+            await chat.create_group(group, group_members[0], group_members, instance=index)
+        say(f"setup: {time.monotonic() - started:.1f} s")
+
+        receivers = {user: Receiver(user, index) for index, user in enumerate(members)}
+        for receiver in receivers.values():  # start from the current state
+            receiver.take(await chat.sync(receiver.user, instance=receiver.instance), 0.0)
+            receiver.received.clear()
+            receiver.first_seen.clear()
+
+        accepted: dict[str, float] = {}
+        acknowledged: list[SentMessage] = []
+        unknown: list[SentMessage] = []
+        send_latencies: list[float] = []
+        expected = {"deliveries": 0}
+
+        async def receive(receiver: Receiver, stop: trio.Event) -> None:
+            while not stop.is_set():
+                try:
+                    answer = await chat.sync(receiver.user, receiver.snapshot,
+                                             wait_seconds=wait_seconds, instance=receiver.instance)
+                except Exception:  # noqa: BLE001 (an instance or the network failed: go on)
+                    receiver.errors += 1
+                    await trio.sleep(0.1)
+                    continue
+                receiver.take(answer, time.monotonic())
+
+        async def send(index: int, group: str, sender: str, message_id: str) -> None:
+            began = time.monotonic()
+            message = SentMessage(message_id, keys.group_channel(group),
+                                  frozenset(plan.groups[group]))
+            try:
+                outcome = await chat.send_group(sender, group, f"bench message {index}",
+                                                message_id, instance=index)
+            except ChatError:
+                unknown.append(message)
+                return
+            if outcome.acknowledged:
+                accepted[message_id] = time.monotonic()
+                send_latencies.append(accepted[message_id] - began)
+                acknowledged.append(message)
+                expected["deliveries"] += len(message.recipients)
+            else:
+                unknown.append(message)
+
+        def delivered_count() -> int:
+            return sum(1 for receiver in receivers.values()
+                       for message_id in receiver.first_seen if message_id in accepted)
+
+        stop = trio.Event()
+        first_send = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            for receiver in receivers.values():
+                nursery.start_soon(receive, receiver, stop)
+            limiter = trio.Semaphore(concurrency)
+
+            async def send_and_release(index, group, sender, message_id):
+                try:
+                    await send(index, group, sender, message_id)
+                finally:
+                    limiter.release()
+
+            pace_start = trio.current_time()
+            async with trio.open_nursery() as senders:
+                for index, (group, sender, message_id) in enumerate(plan.sends):
+                    if rate:
+                        await trio.sleep_until(pace_start + index / rate)
+                    await limiter.acquire()  # at most `concurrency` sends in flight
+                    senders.start_soon(send_and_release, index, group, sender, message_id)
+            sent_seconds = time.monotonic() - first_send
+            say(f"sent: {len(acknowledged)} accepted, {len(unknown)} unknown, "
+                f"in {sent_seconds:.1f} s")
+            with trio.move_on_after(drain_seconds):
+                while delivered_count() < expected["deliveries"]:
+                    await trio.sleep(0.05)
+            stop.set()
+            nursery.cancel_scope.cancel()
+
+        for receiver in receivers.values():  # the final sync of every user
+            with trio.move_on_after(30):
+                while True:
+                    answer = await chat.sync(receiver.user, receiver.snapshot,
+                                             instance=receiver.instance + 1)
+                    receiver.take(answer, time.monotonic())
+                    if not answer["more"]:
+                        break
+
+    report = check_deliveries(acknowledged, {r.user: r.received for r in receivers.values()},
+                              attempted=unknown)
+    latencies = [
+        max(0.0, receiver.first_seen[message.message_id] - accepted[message.message_id])
+        for message in acknowledged for user in message.recipients
+        for receiver in [receivers[user]] if message.message_id in receiver.first_seen
+    ]
+    last_delivery = max((receiver.first_seen[m] for receiver in receivers.values()
+                         for m in receiver.first_seen if m in accepted), default=first_send)
+    duration = max(last_delivery - first_send, 1e-9)
+    figures = {
+        "sent": len(acknowledged),
+        "expected_deliveries": report.expected_deliveries,
+        "missing": len(report.missing),
+        "duplicates": report.duplicate_count,
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "msgs_per_s": round(len(acknowledged) / duration, 2),
+        "deliveries_per_s": round(len(latencies) / duration, 1),
+        "send_p50_ms": round(percentile(send_latencies, 0.50) * 1000, 1),
+        "send_p99_ms": round(percentile(send_latencies, 0.99) * 1000, 1),
+        "unknown_sends": len(unknown),
+        "order_violations": len(report.order_violations),
+        "sync_errors": sum(receiver.errors for receiver in receivers.values()),
+        "users": users, "groups": groups, "group_size": group_size, "messages": messages,
+        "rate": rate, "instances": len(urls),
+    }
+    if not report.ok:
+        say(f"delivery check: {report.describe()}")
+    say(f"delivery latency p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms; "
+        f"{figures['msgs_per_s']} msgs/s, {figures['deliveries_per_s']} deliveries/s; "
+        f"missing {figures['missing']}, duplicates {figures['duplicates']}")
+    say(json.dumps(figures))
+    return figures
+
+
+@click.command()
+@click.option("--chat", "chat_urls", required=True, help="chat_service URLs, comma-separated")
+@click.option("--users", type=click.IntRange(1, 100_000), required=True)
+@click.option("--groups", type=click.IntRange(1, 10_000), required=True)
+@click.option("--group-size", type=click.IntRange(1, 500), required=True)
+@click.option("--messages", type=click.IntRange(1, 1_000_000), required=True)
+@click.option("--rate", type=click.FloatRange(min=0.01), default=None,
+              help="messages a second (default: as fast as --concurrency allows)")
+@click.option("--concurrency", type=click.IntRange(1, 1000), default=16, show_default=True,
+              help="sends in flight at most")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--wait-seconds", type=click.FloatRange(0.1, 60), default=10.0, show_default=True,
+              help="long-poll wait of each user's sync")
+@click.option("--drain-seconds", type=click.FloatRange(1, 3600), default=120.0,
+              show_default=True, help="how long to wait for deliveries after the last send")
+def main(chat_urls, users, groups, group_size, messages, rate, concurrency, seed,
+         wait_seconds, drain_seconds) -> None:
+    """Simulate users and groups sending and syncing; report latency, throughput,
+    missing and duplicate deliveries (the last line is JSON)."""
+    urls = [url.strip() for url in chat_urls.split(",") if url.strip()]
+    figures = trio.run(lambda: run_bench(
+        urls, users=users, groups=groups, group_size=group_size, messages=messages, rate=rate,
+        concurrency=concurrency, seed=seed, wait_seconds=wait_seconds,
+        drain_seconds=drain_seconds))
+    sys.exit(0 if figures["missing"] == 0 and figures["duplicates"] == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()
