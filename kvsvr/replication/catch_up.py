@@ -57,6 +57,7 @@ from kvsvr.replication.messages import (
     FetchDecisions,
     FetchPayload,
     FetchState,
+    LogPosition,
     PayloadReply,
     Ref,
     StateReply,
@@ -82,14 +83,16 @@ class CatchUp(ReplicaCore):
         self._fetch_attempt_count: dict[tuple, int] = {}
         self._payload_misses: dict[Ref, int] = {}  # peers that said they hold none
         self._staged_states: dict[bytes, StagedState] = {}
-        self._walks: dict[int, bytes] = {}  # origin -> the next key to ask for
+        # origin -> (the trim point that started the walk, the next key to ask for)
+        self._walks: dict[int, tuple[LogPosition, bytes]] = {}
 
     def _load_walks(self) -> None:
         """At start: resume every unfinished walk."""
         prefix = durable.WALK_PREFIX
         for stored_key, stored in self.storage.scan("meta", prefix, prefix + b"\xff", 1 << 16):
             origin = int.from_bytes(stored_key[len(prefix) :], "big")
-            self._walks[origin] = decode_value(stored, stored_key)
+            trim_point, next_key = decode_value(stored, stored_key)
+            self._walks[origin] = (tuple(trim_point), next_key)
 
     # -- asking ----------------------------------------------------------------
 
@@ -186,7 +189,9 @@ class CatchUp(ReplicaCore):
             if consensus.chosen is not None:
                 decisions.append((key, consensus.chosen))
         next_key = found[page_keys][0] if len(found) > page_keys else None
-        self._send(source, DecisionsReply(message.start_key, tuple(decisions), next_key))
+        self._send(
+            source, DecisionsReply(message.start_key, tuple(decisions), next_key, message.walk)
+        )
 
     # -- taking what peers send ------------------------------------------------
 
@@ -244,22 +249,28 @@ class CatchUp(ReplicaCore):
 
     # -- the walk of an origin's decided keys ------------------------------------
 
-    def _start_walk(self, origin: int) -> None:
-        self._walks[origin] = b""
-        self._write([("meta", durable.walk_key(origin), encode_value(b""))])
+    def _walk_record(self, origin: int, trim_point: LogPosition, next_key: bytes):
+        """The write that makes a walk's position durable."""
+        self._walks[origin] = (trim_point, next_key)
+        return ("meta", durable.walk_key(origin), encode_value([list(trim_point), next_key]))
+
+    def _start_walk(self, origin: int, trim_point: LogPosition):
+        """Begin walking `origin`'s decided keys; returns the write that records it,
+        to go in one batch with the cursor it moves (R12)."""
         self._forget_fetch(("walk", origin))
         self.observer("walk_started", (self.node_id, origin))
-        self._continue_walk(origin)
+        return self._walk_record(origin, trim_point, b"")
 
     def _continue_walk(self, origin: int) -> None:
         if len(self._catching_up) >= self.options.catch_up_keys_max:
             return  # the keys already behind first; the tick asks again
         if self._due(("walk", origin)):
-            self._send(origin, FetchDecisions(self._walks[origin]))
+            trim_point, next_key = self._walks[origin]
+            self._send(origin, FetchDecisions(next_key, trim_point))
 
     def on_decisions_reply(self, source: int, message: DecisionsReply) -> None:
-        if self._walks.get(source) != message.start_key:
-            return  # a walk that ended or moved on
+        if self._walks.get(source) != (message.walk, message.start_key):
+            return  # for a walk that ended, moved on, or was started again
         for key, instance in message.decisions:
             self.learn_decision(key, instance)
         self._forget_fetch(("walk", source))
@@ -267,8 +278,7 @@ class CatchUp(ReplicaCore):
             del self._walks[source]
             self._write([("meta", durable.walk_key(source), None)])
             return
-        self._walks[source] = message.next_key
-        self._write([("meta", durable.walk_key(source), encode_value(message.next_key))])
+        self._write([self._walk_record(source, message.walk, message.next_key)])
         self._continue_walk(source)
 
     def _on_catch_up_tick(self) -> None:

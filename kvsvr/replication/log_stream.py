@@ -198,12 +198,17 @@ class LogStream(ReplicaCore):
         cursor = self._cursors.get(source, LOG_START)
         trim_point = message.trimmed_through
         if trim_point > cursor:
-            # R12: the cursor moves first (durably, with the walk it starts);
-            # decisions below it come from walking the origin's keys.
+            # R12: the cursor moves first, in one batch with the walk that
+            # finds the decisions below it (a crash keeps both or neither).
             cursor = trim_point
             self._cursors[source] = cursor
-            self._write([("cursors", durable.origin_key(source), encode_value(list(cursor)))])
-            self._start_walk(source)
+            self._write(
+                [
+                    self._start_walk(source, trim_point),
+                    ("cursors", durable.origin_key(source), encode_value(list(cursor))),
+                ]
+            )
+            self._continue_walk(source)
         self._send(source, StreamAck(cursor))
         self._last_ack_tick[source] = self.now
 

@@ -170,6 +170,10 @@ class FetchDecisions:
     """Ask for the decided instance of every key from `start_key` on (a key-range walk)."""
 
     start_key: bytes
+    # The walk this page is for: the trim point that started it. A reply is
+    # taken only by the walk it names, so a page read before a later trim
+    # never counts for the walk that trim starts.
+    walk: LogPosition = LOG_START
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,6 +181,7 @@ class DecisionsReply:
     start_key: bytes
     decisions: tuple[tuple[bytes, Instance], ...]  # (key, chosen), in key order
     next_key: bytes | None  # where the walk goes on; None: it is complete
+    walk: LogPosition = LOG_START  # echoes FetchDecisions.walk
 
 
 # -- stream channel --------------------------------------------------------------
@@ -268,6 +273,13 @@ class Effects:
     write. The shell and the simulator obey this in one place each; several
     steps may share one sync (group commit) as long as none of their
     messages leaves before it.
+
+    Messages leave in step order: a step's messages never overtake those of
+    an earlier step still waiting for its sync, even when this step wrote
+    nothing (`sync` False). A step may vouch for state an earlier step wrote:
+    a resent Prepare is granted again without a write, a ReadReply reports
+    the vote an earlier Accept stored, a periodic StreamAck names a cursor
+    an earlier batch wrote. In order, they wait for that sync too.
     """
 
     sync: bool = False
