@@ -216,11 +216,52 @@ class VersionedTableAppendModel(TableAppendModel):
         return Transition(saw_otherwise, is_observation=True)
 
     def operations_worth_checking(self, operations: Sequence[Operation]) -> list[Operation]:
-        # An unseen indeterminate append still moves the version a later
-        # append-if-version depends on: leave nothing out then.
-        if any(operation.function == "append-if-version" for operation in operations):
+        """Leave out indeterminate appends whose entry no read returned, when
+        a whole-table read began after every determinate append ended.
+
+        An unseen append still moves the version that a failed
+        append-if-version reports, so the plain rule (the parent's) does not
+        hold here. With such a final read it does: had the append taken
+        effect, it comes after that read (which lacks its entry), where only
+        other indeterminate operations can follow, and none of them has a
+        result to check. Without a final read, nothing is left out.
+        """
+        if not any(operation.function == "append-if-version" for operation in operations):
+            return super().operations_worth_checking(operations)
+        appends = ("append", "append-if-version")
+        last_append_ended = max(
+            (
+                operation.completion_time
+                for operation in operations
+                if operation.function in appends and not operation.is_indeterminate
+            ),
+            default=-1,
+        )
+        observed_entries: set = set()
+        final_read = False
+        for operation in operations:
+            if operation.function in appends or operation.status != "ok":
+                continue
+            if operation.function == "sync" and operation.argument not in (None, 0):
+                return list(operations)
+            if isinstance(operation.result, tuple):
+                observed_entries.update(operation.result)
+            final_read = final_read or operation.invoke_time > last_append_ended
+        if not final_read:
             return list(operations)
-        return super().operations_worth_checking(operations)
+
+        def entry(operation: Operation):
+            return operation.argument if operation.function == "append" else _pair(operation)[1]
+
+        return [
+            operation
+            for operation in operations
+            if not (
+                operation.is_indeterminate
+                and operation.function in appends
+                and entry(operation) not in observed_entries
+            )
+        ]
 
 
 def _pair(operation: Operation) -> tuple:
