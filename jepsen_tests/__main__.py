@@ -35,10 +35,10 @@ from .checker import (
 )
 from .checker.linearizability import CheckResult
 from .checker.timeline import write_timeline
-from .nemesis import NEMESES
+from .nemesis import NEMESES, PARTITION_SHAPES
 from .runner import RunConfig
 from .runner import run as run_test
-from .workloads import WORKLOADS
+from .workloads import ROUTINGS, WORKLOADS
 
 EXIT_LINEARIZABLE = 0
 EXIT_NOT_LINEARIZABLE = 1
@@ -133,23 +133,32 @@ def check(
               help="Least share of operations begun with a majority reachable that must succeed.")
 @click.option("--check-budget-seconds", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Give the linearizability check up as unknown after this long.")
+@click.option("--routing", type=click.Choice(ROUTINGS), default="random", show_default=True,
+              help="random: each operation to a random node; preferred: to the key's coordinator.")
+@click.option("--partition-shapes", default=",".join(PARTITION_SHAPES), show_default=True,
+              help="Comma list of the partition shapes the partition nemesis draws from.")
 @click.option("--test-only-bug", type=click.Choice(["read-without-quorum"]), default=None, hidden=True,
               help="Start the nodes with a planted bug, to show the checks catch it.")
 def run(nodes: str, workload: str, nemesis_text: str, time_seconds: float, rate: float,
         seed: int | None, out: Path, concurrency: int, operation_timeout: float,
-        availability_min: float, check_budget_seconds: float, test_only_bug: str | None) -> None:
+        availability_min: float, check_budget_seconds: float, routing: str,
+        partition_shapes: str, test_only_bug: str | None) -> None:
     """Run a fault-injection test against a group of real node processes."""
     nemeses = tuple(name for name in nemesis_text.split(",") if name and name != "none")
     unknown = sorted(set(nemeses) - set(NEMESES))
     if unknown:
         raise click.UsageError(f"unknown nemesis {', '.join(unknown)}; known: {', '.join(NEMESES)}")
+    shapes = tuple(shape for shape in partition_shapes.split(",") if shape)
+    unknown = sorted(set(shapes) - set(PARTITION_SHAPES))
+    if unknown or not shapes:
+        raise click.UsageError(f"partition shapes: choose from {', '.join(PARTITION_SHAPES)}")
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 32)
     config = RunConfig(
         nodes=int(nodes), workload=workload, nemeses=nemeses, time_seconds=time_seconds, rate=rate,
         seed=seed, out=out, test_only_bug=test_only_bug, concurrency=concurrency,
         operation_timeout_seconds=operation_timeout, availability_minimum=availability_min,
-        check_budget_seconds=check_budget_seconds,
+        check_budget_seconds=check_budget_seconds, routing=routing, partition_shapes=shapes,
     )
     sys.exit(run_test(config))
 

@@ -22,6 +22,7 @@ failed, or could not decide (`passed is None`), with a one-line summary:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable
@@ -195,38 +196,52 @@ def check_recovered(recovery: dict) -> CheckOutcome:
                         f"linearizable read within {recovery['seconds']:.0f} s of healing", recovery)
 
 
-def majority_timeline(nemesis_events: list[dict]) -> list[tuple[int, bool]]:
-    """(time, majority reachable from then on), in time order."""
-    return [(event["time"], event["majority_reachable"]) for event in nemesis_events]
+class MajorityTimeline:
+    """Whether some live node reached a majority, at any moment, from the nemesis log."""
 
+    def __init__(self, nemesis_events: list[dict]):
+        events = sorted(nemesis_events, key=lambda event: event["time"])
+        self.times = [event["time"] for event in events]
+        self.states = [event["majority_reachable"] for event in events]
 
-def majority_reachable_at(timeline: list[tuple[int, bool]], moment: int) -> bool:
-    reachable = True  # the run starts healthy
-    for time, state in timeline:
-        if time > moment:
-            break
-        reachable = state
-    return reachable
+    def at(self, moment: int) -> bool:
+        index = bisect.bisect_right(self.times, moment) - 1
+        return True if index < 0 else self.states[index]  # the run starts healthy
 
 
 def check_availability(
     operations: list[Operation], nemesis_events: list[dict], minimum_share: float,
     window: tuple[int, int],
 ) -> CheckOutcome:
-    """Share of operations begun (within the workload's window) while a majority was reachable that succeeded."""
-    timeline = majority_timeline(nemesis_events)
+    """Of the operations begun in the workload's window while a majority was
+    reachable, the share that succeeded; and the longest stretch with a
+    majority reachable in which no operation succeeded (a stall)."""
+    timeline = MajorityTimeline(nemesis_events)
     counted = succeeded = 0
+    successes = [window[0]]
     for operation in operations:
         if not window[0] <= operation.invoke_time <= window[1]:
             continue
-        if not majority_reachable_at(timeline, operation.invoke_time):
+        if operation.status == "ok":
+            successes.append(operation.completion_time)
+        if not timeline.at(operation.invoke_time):
             continue
         counted += 1
         succeeded += operation.status == "ok"
     share = succeeded / counted if counted else 0.0
+    successes.sort()
+    gaps = [
+        (later - earlier, earlier, later)
+        for earlier, later in zip(successes, successes[1:], strict=False)
+        if timeline.at(earlier) and timeline.at(later)
+    ]
+    longest = max(gaps, default=(0, window[0], window[0]))
     details = {"share": round(share, 4), "operations": counted, "succeeded": succeeded,
-               "minimum": minimum_share}
-    summary = f"{share:.1%} of {counted} operations begun with a majority reachable succeeded"
+               "minimum": minimum_share,
+               "longest_stall_seconds": round(longest[0] / 1e9, 3),
+               "longest_stall_from_seconds": round((longest[1] - window[0]) / 1e9, 3)}
+    summary = (f"{share:.1%} of {counted} operations begun with a majority reachable succeeded; "
+               f"longest stall {longest[0] / 1e9:.1f} s")
     if counted == 0:
         return CheckOutcome("availability", None, "no operation was begun with a majority reachable", details)
     return CheckOutcome("availability", share >= minimum_share, summary + f" (minimum {minimum_share:.0%})", details)

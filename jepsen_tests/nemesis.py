@@ -351,10 +351,13 @@ REFUSAL_LOG_LINES = 6
 class Nemesis:
     """Plays a schedule against a group of node processes, keeping `World` true."""
 
-    def __init__(self, group: GroupProcesses, world: World, firewall: Firewall | None):
+    def __init__(self, group: GroupProcesses, world: World, firewall: Firewall | None,
+                 partition_shapes: tuple[str, ...] = PARTITION_SHAPES):
+        assert partition_shapes and set(partition_shapes) <= set(PARTITION_SHAPES), partition_shapes
         self.group = group
         self.world = world
         self.firewall = firewall
+        self.partition_shapes = partition_shapes
         self.minority = (len(group.nodes) - 1) // 2
 
     async def play(self, schedule: list[Fault], started_at: float, stop_at: float) -> None:
@@ -417,7 +420,7 @@ class Nemesis:
 
     async def _partition(self, fault: Fault, rng: random.Random) -> None:
         assert self.firewall is not None, "the runner checks nft before it plays partitions"
-        shape = rng.choice(PARTITION_SHAPES)
+        shape = rng.choice(self.partition_shapes)
         cuts = draw_partition(self.world.node_ids, shape, rng)
         await trio.to_thread.run_sync(self.firewall.cut, cuts)
         self.world.cuts = cuts

@@ -36,6 +36,7 @@ import random
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from . import checks
 from .checker import HistoryWriter
 from .nemesis import (
     NEMESES,
+    PARTITION_SHAPES,
     Firewall,
     Nemesis,
     NemesisUnavailable,
@@ -85,6 +87,8 @@ class RunConfig:
     check_budget_seconds: float = 300.0
     availability_minimum: float = 0.5
     operations_per_key_max: int | None = None
+    routing: str = "random"
+    partition_shapes: tuple[str, ...] = PARTITION_SHAPES
 
     def describe(self) -> str:
         nemeses = ",".join(self.nemeses) or "none"
@@ -103,6 +107,10 @@ def run(config: RunConfig) -> int:
         return _run(config)
     except (RunNotDone, NemesisUnavailable) as error:
         print(f"jepsen run: {error}", file=sys.stderr)
+        return EXIT_NOT_DONE
+    except Exception:  # a bug of the runner is not a verdict on the store
+        traceback.print_exc()
+        print("jepsen run: the run failed (above); no verdict", file=sys.stderr)
         return EXIT_NOT_DONE
 
 
@@ -175,7 +183,7 @@ class _RateLimiter:
 
 async def _drive(config: RunConfig, group: GroupProcesses, firewall: Firewall | None, world: World,
                  history: HistoryWriter, workload: Workload, schedule) -> dict[str, Any]:
-    nemesis = Nemesis(group, world, firewall)
+    nemesis = Nemesis(group, world, firewall, config.partition_shapes)
     operations_log = open(config.out / "operations.jsonl", "w", encoding="utf-8")
     started_ns = time.monotonic_ns()
     started = trio.current_time()
@@ -194,7 +202,7 @@ async def _drive(config: RunConfig, group: GroupProcesses, firewall: Firewall | 
                 clients[node_id] = await stack.enter_async_context(
                     Client(node.address, timeout_seconds=config.operation_timeout_seconds,
                            local_address=CLIENT_ADDRESS))
-            nodes = Nodes(clients, rng, config.operation_timeout_seconds)
+            nodes = Nodes(clients, rng, config.operation_timeout_seconds, config.routing)
             while True:
                 moment = limiter.reserve()
                 if moment >= stop_at or counters["started"] >= operations_max:
@@ -330,6 +338,7 @@ def _judge(config: RunConfig, group: GroupProcesses, workload: Workload, record:
         counts[name] = counts.get(name, 0) + 1
     summary = {
         "verdict": verdict,
+        "linearizability": results[0].details["verdict"],
         "config": {**dataclasses.asdict(config), "out": str(config.out)},
         "checks": {result.name: result.to_json() for result in results},
         "operations": dict(sorted(counts.items())),

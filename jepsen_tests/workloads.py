@@ -34,12 +34,14 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import crc32c
 import trio
 
 from kvsvr.client import Client
 from kvsvr.errors import KvError
 
 WORKLOADS = ("register", "table-append")
+ROUTINGS = ("random", "preferred")
 STORE_KEY_PREFIX = b"jepsen/"
 DEFINITE_CODES = {"unavailable", "overloaded", "condition_failed", "not_found", "bad_request", "too_large"}
 # Codes after which the same operation may go to another node.
@@ -67,15 +69,24 @@ class Observation:
 class Nodes:
     """One client process's connections, one per node, and the routing rule above."""
 
-    def __init__(self, clients: dict[int, Client], rng: random.Random, timeout_seconds: float):
+    def __init__(self, clients: dict[int, Client], rng: random.Random, timeout_seconds: float,
+                 routing: str = "random"):
+        assert routing in ROUTINGS, routing
         self.clients = clients
         self.rng = rng
         self.timeout_seconds = timeout_seconds
+        self.routing = routing
+        self.last_node: int | None = None  # the node the last attempt went to
 
-    async def call(self, operation: Callable[[Client, float], Awaitable[Any]]) -> tuple[Any, int]:
-        """Run `operation(client, timeout)` on a random node, on to the next when refused."""
+    async def call(
+        self, key: bytes, operation: Callable[[Client, float], Awaitable[Any]]
+    ) -> tuple[Any, int]:
+        """Run `operation(client, timeout)` on a node, on to the next when refused."""
         node_ids = sorted(self.clients)
-        first = self.rng.randrange(len(node_ids))
+        if self.routing == "random":
+            first = self.rng.randrange(len(node_ids))
+        else:  # the client library's rule: every client sends a key to the same node first
+            first = crc32c.crc32c(key) % len(node_ids)
         order = node_ids[first:] + node_ids[:first]
         deadline = trio.current_time() + self.timeout_seconds
         refusal: KvError | None = None
@@ -83,6 +94,7 @@ class Nodes:
             remaining = deadline - trio.current_time()
             if remaining <= 0:
                 break
+            self.last_node = node_id
             try:
                 return await operation(self.clients[node_id], remaining), node_id
             except KvError as error:
@@ -98,13 +110,13 @@ class _DeadlinePassed(Exception):
     """Every node tried refused, and no time is left: the operation never started."""
 
 
-def outcome_of_error(error: Exception) -> Outcome:
+def outcome_of_error(error: Exception, nodes: Nodes) -> Outcome:
     if isinstance(error, _DeadlinePassed):
-        return Outcome("fail", error="deadline passed before any node took the request")
+        return Outcome("fail", node=nodes.last_node, error="deadline passed before any node took it")
     assert isinstance(error, KvError), error
     if error.code in DEFINITE_CODES:
-        return Outcome("fail", error=error.code)
-    return Outcome("info", error=error.code)
+        return Outcome("fail", node=nodes.last_node, error=error.code)
+    return Outcome("info", node=nodes.last_node, error=error.code)
 
 
 class KeySlots:
@@ -197,7 +209,8 @@ class RegisterWorkload(Workload):
         stored = store_key(key)
         try:
             if function == "read":
-                item, node = await nodes.call(lambda client, timeout: client.get(stored, timeout=timeout))
+                item, node = await nodes.call(
+                    stored, lambda client, timeout: client.get(stored, timeout=timeout))
                 value = None if item is None else int(item.value)
                 if item is not None:
                     self.observations.append(Observation(key, item.version, value, False))
@@ -205,20 +218,20 @@ class RegisterWorkload(Workload):
                 return Outcome("ok", value, node)
             if function == "write":
                 version, node = await nodes.call(
-                    lambda client, timeout: client.put(stored, b"%d" % argument, timeout=timeout))
+                    stored, lambda client, timeout: client.put(stored, b"%d" % argument, timeout=timeout))
                 self.observations.append(Observation(key, version, argument, True))
                 self.last_seen[key] = argument
                 return Outcome("ok", argument, node)
             expected, new = argument
             expected_bytes = None if expected is None else b"%d" % expected
             version, node = await nodes.call(
-                lambda client, timeout: client.put(
+                stored, lambda client, timeout: client.put(
                     stored, b"%d" % new, expected_value=expected_bytes, timeout=timeout))
             self.observations.append(Observation(key, version, new, True))
             self.last_seen[key] = new
             return Outcome("ok", argument, node)
         except (KvError, _DeadlinePassed) as error:
-            return outcome_of_error(error)
+            return outcome_of_error(error, nodes)
 
     async def node_state(self, client: Client, keys: list[str], timeout: float) -> dict[str, Any]:
         state: dict[str, Any] = {}
@@ -269,14 +282,14 @@ class TableAppendWorkload(Workload):
         try:
             if function == "append":
                 version, node = await nodes.call(
-                    lambda client, timeout: client.append(stored, b"%d" % argument, timeout=timeout))
+                    stored, lambda client, timeout: client.append(stored, b"%d" % argument, timeout=timeout))
                 self.observations.append(Observation(key, version, argument, True))
                 return Outcome("ok", argument, node)
             since = 0 if function == "read" else argument
             result, node = await nodes.call(
-                lambda client, timeout: client.sync(stored, since, timeout=timeout))
+                stored, lambda client, timeout: client.sync(stored, since, timeout=timeout))
         except (KvError, _DeadlinePassed) as error:
-            return outcome_of_error(error)
+            return outcome_of_error(error, nodes)
         if result.more:
             return Outcome("info", node=node, error="sync stopped at a page limit")
         entries = []
