@@ -78,6 +78,7 @@ from chat_service.store import (
     RETRYABLE,
     StoreUnavailable,
     backoff_seconds,
+    one_store_error,
     read_all_rows,
     read_value,
     table_row_and_version,
@@ -254,10 +255,11 @@ class Fanout:
     async def _drain_holding(self, channel: str, lease: _Lease) -> None:
         """Drain while a task keeps the lease renewed; losing it stops the drain
         (carrying on would be safe, only wasted)."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._keep_lease, lease, nursery.cancel_scope)
-            await self.drain(channel)
-            nursery.cancel_scope.cancel()
+        with one_store_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_lease, lease, nursery.cancel_scope)
+                await self.drain(channel)
+                nursery.cancel_scope.cancel()
 
     async def _keep_lease(self, lease: _Lease, drain_scope: trio.CancelScope) -> None:
         while True:
@@ -299,9 +301,10 @@ class Fanout:
         async def place(seq: int, message_id: str) -> None:
             placements[seq] = await self._place(message_id, seq)
 
-        async with trio.open_nursery() as nursery:
-            for seq, message_id in logged:
-                nursery.start_soon(place, seq, message_id)
+        with one_store_error():
+            async with trio.open_nursery() as nursery:
+                for seq, message_id in logged:
+                    nursery.start_soon(place, seq, message_id)
         entries = []
         for seq, message_id in logged:
             if placements[seq] == seq:
@@ -354,9 +357,10 @@ class Fanout:
                 if version is not None:
                     changed[user] = version
 
-        async with trio.open_nursery() as nursery:
-            for user, joined_seq in recipients.items():
-                nursery.start_soon(deliver_one, user, joined_seq)
+        with one_store_error():
+            async with trio.open_nursery() as nursery:
+                for user, joined_seq in recipients.items():
+                    nursery.start_soon(deliver_one, user, joined_seq)
         self.statistics["entries_delivered"] += len(entries) * len(recipients)
         if changed:
             await self.notify(changed)

@@ -39,6 +39,7 @@ from chat_service.store import (
     MessageIdConflict,
     StoreUnavailable,
     deadline_after,
+    one_store_error,
     put_once,
     read_all_rows,
     read_value,
@@ -287,9 +288,10 @@ class ChatService:
                 except NotFoundError:
                     missing.append(user)
 
-        async with trio.open_nursery() as nursery:
-            for user in users:
-                nursery.start_soon(check, user)
+        with one_store_error():
+            async with trio.open_nursery() as nursery:
+                for user in users:
+                    nursery.start_soon(check, user)
         if missing:
             raise NotFoundError(f"no accounts {sorted(missing)[:10]!r}")
 
@@ -304,9 +306,10 @@ class ChatService:
                     f"adding {group} to the groups of {member}",
                 )
 
-        async with trio.open_nursery() as nursery:
-            for member in members:
-                nursery.start_soon(add, member)
+        with one_store_error():
+            async with trio.open_nursery() as nursery:
+                for member in members:
+                    nursery.start_soon(add, member)
         await self._changed(members)
 
     async def get_group(self, group: str) -> dict:
@@ -416,17 +419,20 @@ class ChatService:
         async def read(name: str, operation) -> None:
             results[name] = await self._retry(operation, f"syncing {name}")
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read, "account", lambda: read_value(self.store, keys.account_key(user)))
-            nursery.start_soon(read, "contacts", lambda: self.store.sync(
-                keys.contacts_key(user), since=snapshot.contacts))
-            nursery.start_soon(read, "groups", lambda: self.store.sync(
-                keys.groups_key(user), since=snapshot.groups))
-            nursery.start_soon(read, "inbox", lambda: self.store.sync(
-                keys.inbox_key(user), since=snapshot.inbox, limit=self.limits.sync_inbox_rows_max))
-            if presence_due:
-                nursery.start_soon(read, "contact_list", lambda: read_all_rows(
-                    self.store, keys.contacts_key(user)))
+        with one_store_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, "account", lambda: read_value(
+                    self.store, keys.account_key(user)))
+                nursery.start_soon(read, "contacts", lambda: self.store.sync(
+                    keys.contacts_key(user), since=snapshot.contacts))
+                nursery.start_soon(read, "groups", lambda: self.store.sync(
+                    keys.groups_key(user), since=snapshot.groups))
+                nursery.start_soon(read, "inbox", lambda: self.store.sync(
+                    keys.inbox_key(user), since=snapshot.inbox,
+                    limit=self.limits.sync_inbox_rows_max))
+                if presence_due:
+                    nursery.start_soon(read, "contact_list", lambda: read_all_rows(
+                        self.store, keys.contacts_key(user)))
 
         account_value, account_version = results["account"]
         answer: dict = {"user": user}
@@ -484,9 +490,10 @@ class ChatService:
             assert value is not None, f"inbox entry for a message with no body: {message_id}"
             bodies[message_id] = keys.decode_json(value)
 
-        async with trio.open_nursery() as nursery:
-            for message_id in {entry.message_id for _, entry in entries}:
-                nursery.start_soon(fetch, message_id)
+        with one_store_error():
+            async with trio.open_nursery() as nursery:
+                for message_id in {entry.message_id for _, entry in entries}:
+                    nursery.start_soon(fetch, message_id)
         messages = []
         for inbox_version, entry in entries:
             body = bodies[entry.message_id]

@@ -17,10 +17,18 @@ unknown*. chat_service turns them into two rules:
 What reaches an HTTP client: `StoreUnavailable` (503). When a write's
 outcome stayed unknown until the deadline, its message says so, and the
 operation is safe to retry with the same identifiers.
+
+Concurrent store calls run as tasks of a trio nursery, and trio wraps what
+a nursery's tasks raise in an `ExceptionGroup` (strict exception groups,
+the default since trio 0.25). The callers here handle *a* store error
+(retry it, answer 503), so every such nursery sits inside
+`one_store_error()`, which turns a group made only of store errors back
+into one of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
@@ -73,6 +81,36 @@ async def with_retries(operation, *, what: str, deadline: float):
                 ) from None
             await trio.sleep(min(backoff_seconds(attempt), max(0.0, deadline - trio.current_time())))
             attempt += 1
+
+
+@contextlib.contextmanager
+def one_store_error():
+    """Let a nursery's store errors out as a single exception.
+
+    A group whose leaves are all store errors (`KvError`, `StoreUnavailable`)
+    is replaced by the one that tells the most: a `StoreUnavailable` whose
+    outcome is unknown, else any `StoreUnavailable`, else the first
+    `KvError`. A group holding anything else (a broken invariant, a
+    cancellation) is raised unchanged.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if not leaves or not all(isinstance(leaf, (KvError, StoreUnavailable))
+                                 for leaf in leaves):
+            raise
+        unavailable = [leaf for leaf in leaves if isinstance(leaf, StoreUnavailable)]
+        unknown = [leaf for leaf in unavailable if leaf.outcome_unknown]
+        raise (unknown or unavailable or leaves)[0] from None
+
+
+def _leaves(group: BaseExceptionGroup):
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
 
 
 async def read_value(client: Client, key: bytes) -> tuple[bytes | None, int]:
@@ -153,6 +191,7 @@ __all__ = [
     "KvError",
     "MessageIdConflict",
     "StoreUnavailable",
+    "one_store_error",
     "put_once",
     "read_all_rows",
     "read_value",
