@@ -433,6 +433,9 @@ class ChatService:
                 if presence_due:
                     nursery.start_soon(read, "contact_list", lambda: read_all_rows(
                         self.store, keys.contacts_key(user)))
+                if user not in self._trimmed_through:
+                    nursery.start_soon(read, "trim_row", lambda: self.store.table_get(
+                        keys.inbox_key(user), keys.TRIM_ROW))
 
         account_value, account_version = results["account"]
         answer: dict = {"user": user}
@@ -461,7 +464,18 @@ class ChatService:
             presence = await self.presence.changes(contact_list, snapshot.presence, now)
             new_presence_time = now
         answer["presence"] = presence
+        # The trim point: read once per user and instance, then kept up to date
+        # by this instance's trims and by the inbox's `t` row whenever an answer
+        # carries it (a trim by another instance).
+        if "trim_row" in results:
+            row = results["trim_row"]
+            self._remember_trim(user, keys.decode_seq(row.value) if row else 0)
         trimmed = self._trimmed_through.get(user, 0)
+        for row in inbox.rows:
+            if row.row_id == keys.TRIM_ROW and row.value is not None:
+                trimmed = max(trimmed, keys.decode_seq(row.value))
+        if trimmed > self._trimmed_through.get(user, 0):
+            self._remember_trim(user, trimmed)
         if snapshot.inbox < trimmed:
             answer["inbox_trimmed_through"] = trimmed
         answer["snapshot"] = Snapshot(

@@ -52,6 +52,10 @@ async def test_sync_pages_through_the_inbox_and_the_snapshot_confirms_and_trims(
         # A device that was further behind is told what it can no longer fetch.
         stale = await service.sync("bo", Snapshot())
         assert stale["inbox_trimmed_through"] > 0
+        # So is one syncing through an instance that never trimmed this inbox.
+        other = ChatService(store, instance_id="two", limits=LIMITS)
+        elsewhere = await other.sync("bo", Snapshot())
+        assert elsewhere["inbox_trimmed_through"] == stale["inbox_trimmed_through"]
         # Trimming never lets a retried delivery back in: markers stay.
         channel = keys.direct_channel("ann", "bo")
         assert await service.fanout.deliver("bo", channel, [
