@@ -107,6 +107,15 @@ class Report:
     parameters: dict
     recorder: Recorder
     preload_seconds: float | None = None
+    # Writes the group's coordinators answered during the run, by path
+    # ("fast_path", "prepared"); None when the target does not count them.
+    write_paths: dict[str, int] | None = None
+
+    @property
+    def fast_path_share(self) -> float | None:
+        if not self.write_paths:
+            return None
+        return self.write_paths.get("fast_path", 0) / sum(self.write_paths.values())
 
     @property
     def operations(self) -> int:
@@ -141,6 +150,10 @@ class Report:
             result["latency_ms_put"] = _rounded(self.latency_ms(PUT))
         if self.preload_seconds is not None:
             result["preload_seconds"] = round(self.preload_seconds, 3)
+        if self.write_paths is not None:
+            result["writes_by_path"] = dict(self.write_paths)
+            share = self.fast_path_share
+            result["fast_path_share"] = None if share is None else round(share, 4)
         return result
 
     def lines(self) -> list[str]:
@@ -160,6 +173,12 @@ class Report:
         if self.parameters.get("workload") == "mixed":
             lines.append(f"    gets: {_latency_line(self.latency_ms(GET, GET_MISS))}")
             lines.append(f"    puts: {_latency_line(self.latency_ms(PUT))}")
+        if self.fast_path_share is not None:
+            paths = self.write_paths
+            lines.append(
+                f"  writes on the fast path: {self.fast_path_share:.1%} "
+                f"({paths.get('fast_path', 0)} of {sum(paths.values())}; the rest needed a Prepare)"
+            )
         return lines
 
 
@@ -284,9 +303,14 @@ async def run_workload(clients: Sequence[Client], workload: Workload, target: st
     if workload.preload:
         preload_seconds = await preload(clients, keys, value, workload.concurrency)
     operations = [workload_operation(client, workload, keys, value) for client in clients]
+    paths_before = await write_path_counts(target)
     recorder = await drive_closed_loop(
         operations, workload.concurrency, workload.duration_seconds
     )
+    paths_after = await write_path_counts(target)
+    write_paths = None
+    if paths_before is not None and paths_after is not None:
+        write_paths = dict(paths_after - paths_before)
     parameters = {
         "workload": workload.name,
         "target": target,
@@ -304,7 +328,28 @@ async def run_workload(clients: Sequence[Client], workload: Workload, target: st
         f"{workload.key_count} keys"
         + (f", {workload.read_fraction:.0%} gets" if workload.name == "mixed" else "")
     )
-    return Report(title, parameters, recorder, preload_seconds)
+    return Report(title, parameters, recorder, preload_seconds, write_paths)
+
+
+WRITE_PATH_FIELDS = {"writes_fast_path": "fast_path", "writes_prepared": "prepared"}
+
+
+async def write_path_counts(target: str) -> Counter | None:
+    """The writes every node of the target has coordinated, by path, summed
+    from each node's status; None if a node does not report them (a single
+    node has no Prepare) or cannot be asked."""
+    totals: Counter = Counter()
+    for address in target.split(","):
+        try:
+            async with Client(address) as client:
+                status = await client.status()
+        except (KvError, OSError):
+            return None
+        if not all(field in status for field in WRITE_PATH_FIELDS):
+            return None
+        for field, path in WRITE_PATH_FIELDS.items():
+            totals[path] += status[field]
+    return totals
 
 
 def _plural(count: int, noun: str) -> str:

@@ -75,6 +75,21 @@ def main() -> None:
     help="How long a protocol tick lasts (timeouts are counted in ticks).",
 )
 @click.option(
+    "--log-retained-records",
+    default=ReplicaOptions.log_retained_records_max,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Replication log records kept for a lagging peer; past them the log is trimmed "
+    "anyway and that peer catches up by state transfer.",
+)
+@click.option(
+    "--payload-keep-ticks",
+    default=ReplicaOptions.payload_keep_ticks,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Ticks a received payload that nothing pins is kept before it is collected.",
+)
+@click.option(
     "--test-only-bug",
     type=click.Choice(["read-without-quorum"]),
     hidden=True,
@@ -90,6 +105,8 @@ def serve(
     node_id: int | None,
     group: str | None,
     tick_seconds: float,
+    log_retained_records: int,
+    payload_keep_ticks: int,
     test_only_bug: str | None,
     verbose: bool,
 ) -> None:
@@ -137,7 +154,11 @@ def serve(
     if members is None:
         trio.run(run_until_signalled, Node(storage, limits), host, port)
         return
-    options = ReplicaOptions(bug_read_without_quorum=test_only_bug == "read-without-quorum")
+    options = ReplicaOptions(
+        log_retained_records_max=log_retained_records,
+        payload_keep_ticks=payload_keep_ticks,
+        bug_read_without_quorum=test_only_bug == "read-without-quorum",
+    )
     if test_only_bug:
         logging.getLogger("kvsvr").warning("TEST-ONLY BUG SWITCHED ON: %s", test_only_bug)
     node = ReplicaNode(node_id, members, storage, limits, options, tick_seconds=tick_seconds)

@@ -234,6 +234,7 @@ class CatchUp(ReplicaCore):
             writes.extend(keyspace.table_writes(key, rows))
         self._write(writes)
         self.observer("state_installed", (self.node_id, key, installed.version))
+        self.catch_up_counts["states_installed"] += 1
         if self.observer is not ignore_event:
             self.observer(
                 "applied", (self.node_id, key, installed.version, state_digest(self, key))
@@ -259,6 +260,7 @@ class CatchUp(ReplicaCore):
         to go in one batch with the cursor it moves (R12)."""
         self._forget_fetch(("walk", origin))
         self.observer("walk_started", (self.node_id, origin))
+        self.catch_up_counts["walks_started"] += 1
         return self._walk_record(origin, trim_point, b"")
 
     def _continue_walk(self, origin: int) -> None:

@@ -24,6 +24,7 @@ and written through on every change (`_save`).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,8 @@ class ReplicaCore:
         self.started = False
         self._effects = Effects()
         self._consensus: dict[bytes, durable.KeyConsensus] = {}
+        # How often this replica caught up other than by its streams (status).
+        self.catch_up_counts: collections.Counter = collections.Counter()
 
     # -- effects ---------------------------------------------------------------
 

@@ -107,6 +107,11 @@ class LogStream(ReplicaCore):
         self._log_next_seq += 1
         return position
 
+    @property
+    def log_trimmed_through(self) -> LogPosition:
+        """The last position this origin trimmed (R11); LOG_START if none."""
+        return self._log_trimmed_through
+
     def _append_log(self, position: LogPosition, record: LogRecord) -> None:
         assert position > self._log_last
         self._log_last = position

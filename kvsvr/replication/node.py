@@ -318,6 +318,12 @@ class ReplicaNode(FrameServer):
             "peer_messages_received": self.peer_messages_received,
             "calls_in_flight": len(self._calls),
             "reachable_members": self.reachable_members(),
+            # Writes this node coordinated and answered success, by path.
+            "writes_fast_path": self.replica.writes_decided["fast_path"],
+            "writes_prepared": self.replica.writes_decided["prepared"],
+            "walks_started": self.replica.catch_up_counts["walks_started"],
+            "states_installed": self.replica.catch_up_counts["states_installed"],
+            "log_trimmed_through": list(self.replica.log_trimmed_through),
             "links": links,
         }
 

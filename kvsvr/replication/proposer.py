@@ -71,6 +71,7 @@ class ClientWrite:
     request: Write
     deadline: int
     result: dict | None = None  # set when it joins a batch
+    fast_path: bool = False  # its batch went out under a promise an earlier batch used
 
 
 @dataclasses.dataclass
@@ -90,6 +91,9 @@ class KeyProposer:
     lost_rounds: int = 0
     queue: collections.deque = dataclasses.field(default_factory=collections.deque)
     recovery_wanted: bool = False
+    # The promise held was won for the next batch (its Prepare is part of
+    # that batch's cost); False once a batch has gone out under it.
+    promise_fresh: bool = False
     # Writes whose Accept left, by the first version they were proposed at:
     # one (ref, writes) per proposal. A coordinator may propose twice at one
     # version (its first Accept reached no quorum, a new Prepare found no
@@ -102,6 +106,14 @@ class KeyProposer:
 class Proposer(ReplicaCore):
     def _init_proposer(self) -> None:
         self._proposers: dict[bytes, KeyProposer] = {}
+        # The keys whose proposer has something the tick must time (a round,
+        # queued or proposed writes, a wanted recovery), in the order they
+        # became so (a dict as an ordered set: a run replays from its seed).
+        # An idle proposer that only holds a promise costs no tick.
+        self._proposers_ticking: dict[bytes, None] = {}
+        # Writes answered success, by path: "fast_path" (one round trip: the
+        # promise was already held) or "prepared" (a Prepare round first).
+        self.writes_decided: collections.Counter = collections.Counter()
 
     def _submit_write(self, request_id: int, request: Write, deadline: int) -> None:
         proposer = self._proposer(request.key)
@@ -112,12 +124,16 @@ class Proposer(ReplicaCore):
         proposer = self._proposers.get(key)
         if proposer is None:
             proposer = self._proposers[key] = KeyProposer()
+        self._proposers_ticking[key] = None
         return proposer
 
     def _drive(self, key: bytes) -> None:
         """Move key's proposer forward as far as it can go now."""
         proposer = self._proposers.get(key)
-        if proposer is None or proposer.phase != "idle":
+        if proposer is None:
+            return
+        self._proposers_ticking[key] = None
+        if proposer.phase != "idle":
             return
         if not proposer.queue and not proposer.recovery_wanted:
             return
@@ -171,6 +187,7 @@ class Proposer(ReplicaCore):
         # A majority promised: the highest accepted value above the decided
         # one must be proposed again, unchanged, before anything new.
         proposer.ballot = proposer.prepare_ballot
+        proposer.promise_fresh = True
         proposer.phase = "idle"
         proposer.lost_rounds = 0
         consensus = self._consensus_of(key)
@@ -227,6 +244,9 @@ class Proposer(ReplicaCore):
             payload_bytes += size
         if not batch:
             return
+        for write in batch:
+            write.fast_path = not proposer.promise_fresh
+        proposer.promise_fresh = False
         payload = cbor2.dumps(mutations)
         position = self._next_log_position()
         ref: Ref = (self.node_id, self.incarnation, position[1], crc32c.crc32c(payload))
@@ -303,9 +323,11 @@ class Proposer(ReplicaCore):
             for ref, writes in proposer.proposed.pop(first_version, ()):
                 if first_version == decided.first_version and ref == decided.ref:
                     for write in writes:
+                        self.writes_decided["fast_path" if write.fast_path else "prepared"] += 1
                         self._reply(write.request_id, write.result)
                 else:
                     # Another value was decided at this version: ours may go again.
+                    self._proposers_ticking[key] = None
                     for write in reversed(writes):
                         write.result = None
                         proposer.queue.appendleft(write)
@@ -323,8 +345,15 @@ class Proposer(ReplicaCore):
         )
         proposer.backoff_until = self.now + self.rng.randint(1, ceiling)
 
+    def _on_proposers_tick(self) -> None:
+        for key in list(self._proposers_ticking):
+            self._on_proposer_tick(key)
+
     def _on_proposer_tick(self, key: bytes) -> None:
-        proposer = self._proposers[key]
+        proposer = self._proposers.get(key)
+        if proposer is None:
+            del self._proposers_ticking[key]
+            return
         for write in [w for w in proposer.queue if w.deadline <= self.now]:
             proposer.queue.remove(write)
             self._reply(write.request_id, Timeout("no decision before the deadline"))
@@ -348,10 +377,12 @@ class Proposer(ReplicaCore):
         if (
             proposer.phase == "idle"
             and not proposer.queue
-            and proposer.ballot is None
             and not proposer.proposed
+            and not proposer.recovery_wanted
         ):
-            del self._proposers[key]
+            del self._proposers_ticking[key]
+            if proposer.ballot is None:
+                del self._proposers[key]
 
     def _expire_proposed(self, proposer: KeyProposer) -> None:
         for first_version, proposals in list(proposer.proposed.items()):

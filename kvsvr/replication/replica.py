@@ -163,8 +163,7 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
     def tick(self) -> Effects:
         assert self.started
         self.now += 1
-        for key in list(self._proposers):
-            self._on_proposer_tick(key)
+        self._on_proposers_tick()
         for read in list(self._reads.values()):
             self._on_read_tick(read)
         # Sorted: set order depends on the hash seed, and a run must replay from its seed.

@@ -59,3 +59,22 @@ def testpercentiles_are_nearest_rank():
     assert percentile([], 0.5) is None
     empty = Report("nothing", {}, Recorder())
     assert empty.ops_per_second == 0 and empty.latency_ms()["p50"] is None
+
+
+def test_bench_against_a_group_reports_the_fast_path_share(tmp_path):
+    """Against a replica group every acknowledged put is counted once, by the
+    node that coordinated it, on the path it took; the report gives the share."""
+    from jepsen_tests.nodes import GroupProcesses
+
+    group = GroupProcesses(tmp_path / "group").start()
+    try:
+        report = bench_json("--cluster", group.addresses, "bench", "--workload", "put",
+                            "--keys", "20", *SHORT_RUN)
+    finally:
+        group.kill_all()
+    assert report["errors"] == {}
+    paths = report["writes_by_path"]
+    assert sum(paths.values()) == report["operations"]
+    # 20 keys written many times: most writes find their promise already held.
+    assert paths["prepared"] <= 20 * 3 and report["fast_path_share"] > 0.5
+    assert report["fast_path_share"] == round(paths.get("fast_path", 0) / report["operations"], 4)

@@ -59,6 +59,8 @@ def test_fast_path_second_write_takes_one_round_trip():
     group.deliver(of_type(Accepted))
     assert group.replies[request_id] == {"version": 2}
     assert not sent_since(group, mark, Prepare)
+    # The coordinator counts each answered write by the path it took.
+    assert group.replica(1).writes_decided == {"prepared": 1, "fast_path": 1}
 
 
 def test_batching_merges_writes_arriving_while_an_instance_is_in_flight():
