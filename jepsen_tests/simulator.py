@@ -332,6 +332,13 @@ class Simulation:
         self.group_commit = self.rng.random() < self.faults.group_commit_run_probability
         self.small_log = self.rng.random() < self.faults.small_log_run_probability
         options = options or ReplicaOptions()
+        # Group commit runs stream as the node shell does: records are sent
+        # once per round of steps, not after every step.
+        options = dataclasses.replace(
+            options,
+            stream_pump_each_step=not self.group_commit,
+            log_tail_cached_records_max=self.rng.choice((1, 8, 4096)),
+        )
         if self.small_log:
             options = dataclasses.replace(
                 options,
@@ -453,6 +460,14 @@ class Simulation:
             self._send(node.node_id, destination, message)
         for request_id, answer in effects.replies:
             self._on_reply(request_id, answer)
+
+    def _pump_streams(self) -> None:
+        """Where steps do not pump, every node streams once per round of steps."""
+        if self.options.stream_pump_each_step:
+            return
+        for node in self.nodes.values():
+            if node.replica is not None:
+                self._carry_out(node, node.replica.pump_streams())
 
     def _crash_now_probability(self) -> float:
         return self.faults.crash_probability_per_tick * self.faults.crash_before_sync_probability
@@ -717,6 +732,7 @@ class Simulation:
             if node.replica is not None:
                 self._carry_out(node, node.replica.tick())
         self._deliver_due()
+        self._pump_streams()
         # Group commit: each node's steps of this tick share one sync; what
         # that releases to the node itself is delivered (and synced) at once.
         rounds = 0
@@ -726,6 +742,7 @@ class Simulation:
             for node in self.nodes.values():
                 self._flush(node)
             self._deliver_due()
+            self._pump_streams()
         self._expire_clients()
 
     def run(self) -> RunResult:

@@ -9,7 +9,7 @@ position lost with an unsynced tail is never reused.
 
 Sending. For each peer the origin remembers the peer's acknowledged
 position (unknown until the peer acks after our start) and what it has
-sent beyond it. `_pump_streams`, run at the end of every step, sends the
+sent beyond it. `_pump_streams`, run at the end of every step (or when the shell asks), sends the
 records after what was sent, in batches of `stream_batch_records_max`,
 while no more than `stream_window_records` are unacknowledged. If the ack
 does not move for `stream_retransmit_ticks`, sending starts again from the
@@ -50,6 +50,7 @@ Calls into other parts: `learn_decision`, `_on_payload_stored`
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 
 from kvsvr.replication import durable
@@ -82,6 +83,12 @@ class LogStream(ReplicaCore):
         self._streams = {peer: StreamOut() for peer in self.peers}
         self._cursors: dict[int, LogPosition] = {}  # origin -> position held up to
         self._last_ack_tick: dict[int, int] = {}
+        # The newest log records, in position order: every record after
+        # `_log_tail_after` is here (the stream reads them without a scan).
+        # Between log_tail_cached_records_max and twice that many are kept.
+        self._log_tail_positions: list[LogPosition] = []
+        self._log_tail_records: list[LogRecord] = []
+        self._log_tail_after: LogPosition = LOG_START
 
     def _load_log_state(self) -> None:
         """At start: find the log's tail, its trim point and the cursors of every origin."""
@@ -96,6 +103,7 @@ class LogStream(ReplicaCore):
         self._log_record_count = len(records)
         if records:
             self._log_last = durable.position_from_key(records[-1][0])
+        self._log_tail_after = self._log_last  # nothing cached yet: all of it is in storage
         for origin_stored_key, stored_cursor in self.storage.scan("cursors", b"", None, 1 << 16):
             origin = int.from_bytes(origin_stored_key, "big")
             self._cursors[origin] = tuple(decode_value(stored_cursor, origin_stored_key))
@@ -118,6 +126,28 @@ class LogStream(ReplicaCore):
         self._log_record_count += 1
         self._write(
             [("log", durable.position_key(position), durable.log_record_to_bytes(record))]
+        )
+        self._log_tail_positions.append(position)
+        self._log_tail_records.append(record)
+        kept_max = self.options.log_tail_cached_records_max
+        if len(self._log_tail_positions) > 2 * kept_max:
+            dropped = len(self._log_tail_positions) - kept_max
+            self._log_tail_after = self._log_tail_positions[dropped - 1]
+            del self._log_tail_positions[:dropped]
+            del self._log_tail_records[:dropped]
+
+    def _log_records_after(self, start: LogPosition, count_max: int) -> tuple:
+        """Up to `count_max` (position, record) pairs after `start`, from the
+        cached tail when it covers them, else read from the log."""
+        if start >= self._log_tail_after:
+            positions = self._log_tail_positions
+            first = bisect.bisect_right(positions, start)
+            last = first + count_max
+            return tuple(zip(positions[first:last], self._log_tail_records[first:last], strict=True))
+        found = self.storage.scan("log", durable.position_key(start) + b"\x00", None, count_max)
+        return tuple(
+            (durable.position_from_key(stored_key), durable.log_record_from_bytes(stored, stored_key))
+            for stored_key, stored in found
         )
 
     def _trim_log(self) -> None:
@@ -169,21 +199,9 @@ class LogStream(ReplicaCore):
                 and start[1] - stream.acked[1] >= self.options.stream_window_records
             ):
                 continue  # the window is full until the peer acks
-            found = self.storage.scan(
-                "log",
-                durable.position_key(start) + b"\x00",
-                None,
-                self.options.stream_batch_records_max,
-            )
-            if not found:
+            batch = self._log_records_after(start, self.options.stream_batch_records_max)
+            if not batch:
                 continue
-            batch = tuple(
-                (
-                    durable.position_from_key(stored_key),
-                    durable.log_record_from_bytes(stored, stored_key),
-                )
-                for stored_key, stored in found
-            )
             self._send(peer, StreamRecords(start, batch))
             stream.sent = batch[-1][0]
 

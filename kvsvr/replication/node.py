@@ -15,6 +15,10 @@ bytes, keeps time and syncs. It runs:
   retried by the protocol (rounds resend, the stream resends from the ack);
 - incoming peer connections, recognised by that hello on the client port;
 - a ticker calling `replica.tick()` every `tick_seconds`;
+- the streamer: steps do not send log records themselves; after a burst
+  of steps (every request and peer message that one wake-up of the event
+  loop brought in) it calls `replica.pump_streams()` once, so one
+  StreamRecords per peer carries everything the burst appended;
 - the committer, the one place the effects order is obeyed. A step's
   writes went to storage unsynced during the step; while any write is
   unsynced or a sync is running, every step's messages and replies are
@@ -28,6 +32,7 @@ A failed sync raises out of the committer and stops the node.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import random
@@ -156,8 +161,9 @@ class ReplicaNode(FrameServer):
         self.storage = storage
         self.tick_seconds = tick_seconds
         rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(64))
-        self.replica = Replica(node_id, tuple(group), storage, rng, options or ReplicaOptions(),
-                               limits)
+        options = dataclasses.replace(options or ReplicaOptions(), stream_pump_each_step=False)
+        self.replica = Replica(node_id, tuple(group), storage, rng, options, limits)
+        self._stream_wanted = trio.Event()
         self._links = {
             (peer, channel): _PeerLink(self, peer, channel)
             for peer in group
@@ -190,6 +196,7 @@ class ReplicaNode(FrameServer):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commit_forever)
                 nursery.start_soon(self._tick_forever)
+                nursery.start_soon(self._stream_forever)
                 for link in self._links.values():
                     nursery.start_soon(link.run_forever)
                 task_status.started(await self.listen(nursery, host, port))
@@ -201,6 +208,18 @@ class ReplicaNode(FrameServer):
         while True:
             await trio.sleep(self.tick_seconds)
             self._carry_out(self.replica.tick())
+
+    async def _stream_forever(self) -> None:
+        while True:
+            await self._stream_wanted.wait()
+            self._stream_wanted = trio.Event()
+            # Let every task the same wake-up made runnable take its steps first.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._carry_out(self.replica.pump_streams())
+
+    def _step(self, source: int, message: Message) -> None:
+        self._carry_out(self.replica.step(source, message))
+        self._stream_wanted.set()
 
     # -- the effects order ----------------------------------------------------------
 
@@ -259,8 +278,7 @@ class ReplicaNode(FrameServer):
         self._delivering_locally = True
         try:
             while self._local_inbox:
-                message = self._local_inbox.popleft()
-                self._carry_out(self.replica.step(self.node_id, message))
+                self._step(self.node_id, self._local_inbox.popleft())
         finally:
             self._delivering_locally = False
 
@@ -292,6 +310,7 @@ class ReplicaNode(FrameServer):
         self._calls[call_id] = (connection, request_id)
         connection.requests_in_flight += 1
         self._carry_out(self.replica.submit(call_id, request))
+        self._stream_wanted.set()
 
     def _read_locally(self, request) -> dict:
         if isinstance(request, Get):
@@ -346,7 +365,7 @@ class ReplicaNode(FrameServer):
                     message = decode_message(body)
                     self.peer_messages_received += 1
                     self._last_heard[source] = trio.current_time()
-                    self._carry_out(self.replica.step(source, message))
+                    self._step(source, message)
             except (FrameError, CodecError) as error:
                 log.warning("dropping the link from n%d: %s", source, error)
                 return

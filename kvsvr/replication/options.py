@@ -32,6 +32,14 @@ class ReplicaOptions:
     # A receiver re-acks each origin this often (how a restarted origin learns
     # where to resume); an origin resends from the ack if nothing moved this long.
     stream_ack_interval_ticks: int = 16
+    # Send log records at the end of every step (True), or only when the
+    # shell calls `Replica.pump_streams()` (False): the node shell pumps
+    # once after each burst of steps, so one StreamRecords carries every
+    # record the burst appended instead of one message per step.
+    stream_pump_each_step: bool = True
+    # Recently appended log records kept in memory, so streaming them needs
+    # no read of the log; older records are read back from storage.
+    log_tail_cached_records_max: int = 4096
     stream_retransmit_ticks: int = 24
     # Fetches of a missing payload or state are retried this often.
     fetch_retry_ticks: int = 12

@@ -117,7 +117,8 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
                     self._start_read(request.key, ("client", request_id, request), deadline)
             case _:
                 self._reply(request_id, Unavailable(f"{type(request).__name__} is not served here"))
-        self._pump_streams()
+        if self.options.stream_pump_each_step:
+            self._pump_streams()
         return self._take_effects()
 
     def step(self, source: int, message: Message) -> Effects:
@@ -157,6 +158,14 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
                 self.on_stream_trimmed(source, message)
             case _:
                 raise AssertionError(f"unknown message {message!r}")
+        if self.options.stream_pump_each_step:
+            self._pump_streams()
+        return self._take_effects()
+
+    def pump_streams(self) -> Effects:
+        """Send each peer the log records it has not been sent (see
+        `ReplicaOptions.stream_pump_each_step`)."""
+        assert self.started
         self._pump_streams()
         return self._take_effects()
 

@@ -285,3 +285,32 @@ def test_fetch_payload_asks_the_origin_first_then_the_others():
     assert [d for s, d, m in group.in_flight if s == 3 and isinstance(m, FetchPayload)] == [2]
     group.deliver()
     assert group.replica(3).consensus_snapshot(KEY).accepted.instance == accept.instance
+
+
+def test_when_the_shell_pumps_a_burst_of_writes_streams_as_one_batch():
+    """With `stream_pump_each_step` off (the node shell's mode) steps send no
+    log records; one pump sends each peer everything the burst appended."""
+    group = Group(options=ReplicaOptions(stream_pump_each_step=False))
+    group.run(1)  # the peers' first acks open the streams
+    mark = len(group.sent)
+    for index in range(3):
+        group.put(1, b"k%d" % index, b"v")
+    group.deliver(of_type(Prepare, Promise))  # promises won: the payloads go in the log
+    assert len(log_positions(group, 1)) == 3
+    assert not [m for _, _, m in group.sent[mark:] if isinstance(m, StreamRecords)]
+    effects = group.replica(1).pump_streams()
+    batches = {d: m for d, m in effects.messages if isinstance(m, StreamRecords)}
+    assert sorted(batches) == [2, 3]
+    for message in batches.values():
+        assert [type(record) for _, record in message.records] == [PayloadRecord] * 3
+
+
+def test_stream_reads_records_older_than_the_cached_tail_from_the_log():
+    """A peer far behind is sent records the in-memory tail no longer holds."""
+    group = Group(options=ReplicaOptions(log_tail_cached_records_max=1))
+    group.run(1)
+    down = between(None, 3)
+    write_all(group, 1, [b"a", b"b", b"c", b"d"], matches=none_of(down))
+    group.take(down)
+    group.run_until(lambda: group.replica(3).keyspace.key_state(KEY).version == 4)
+    assert group.replica(3).keyspace.key_state(KEY).value == b"d"
