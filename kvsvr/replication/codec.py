@@ -33,6 +33,8 @@ _CLASSES = {
 _FIELD_NAMES = {
     name: tuple(field.name for field in dataclasses.fields(cls)) for name, cls in _CLASSES.items()
 }
+_FIELDS_BY_CLASS = {cls: _FIELD_NAMES[name] for name, cls in _CLASSES.items()}
+_SCALARS = frozenset((int, bytes, str, bool, float, type(None)))
 
 
 class CodecError(ValueError):
@@ -44,21 +46,25 @@ def encode_message(message: messages.Message) -> bytes:
 
 
 def _plain(value):
-    if isinstance(value, tuple):
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is tuple:
         return cbor2.CBORTag(_TAG_TUPLE, [_plain(item) for item in value])
-    if isinstance(value, list):
+    if kind is list:
         return [_plain(item) for item in value]
-    name = type(value).__name__
-    if name in _FIELD_NAMES and dataclasses.is_dataclass(value):
+    fields = _FIELDS_BY_CLASS.get(kind)
+    if fields is not None:
         return cbor2.CBORTag(
-            _TAG_DATACLASS, [name, *(_plain(getattr(value, field)) for field in _FIELD_NAMES[name])]
+            _TAG_DATACLASS, [kind.__name__, *[_plain(getattr(value, field)) for field in fields]]
         )
+    assert not isinstance(value, (tuple, list)), f"no encoding for {kind.__name__}"
     return value
 
 
-def _tag_hook(*arguments):
+def _tag_hook(first, second):
     # cbor2 5 calls hook(decoder, tag); cbor2 6 calls hook(tag, immutable).
-    tag = next(argument for argument in arguments if isinstance(argument, cbor2.CBORTag))
+    tag = second if type(second) is cbor2.CBORTag else first
     if tag.tag == _TAG_TUPLE and isinstance(tag.value, (list, tuple)):
         return tuple(tag.value)
     if tag.tag == _TAG_DATACLASS and isinstance(tag.value, (list, tuple)) and tag.value:

@@ -13,13 +13,14 @@ own module and each opening with its own theory:
 
 Every part is a mixin over `ReplicaCore`, which holds what they share and
 the only three ways a step acts on the world: `_write` (to storage,
-unsynced; the step then asks its shell for a sync), `_send` (a message,
+unsynced, as one batch per step; the step then asks its shell for a sync), `_send` (a message,
 which leaves after that sync) and `_reply` (a client answer, last).
 `_take_effects` hands them to the shell as one `Effects`. A part calls
 another only through the methods its module docstring names.
 
-The per-key consensus record (durable.KeyConsensus) is cached in memory
-and written through on every change (`_save`).
+The per-key consensus record (durable.KeyConsensus) is cached in memory;
+`_save` marks it changed, and it is written once at the end of the step,
+in the step's one batch (step_writes.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from kvsvr.limits import Limits
 from kvsvr.replication import durable
 from kvsvr.replication.messages import Effects, Instance, Message, Vote
 from kvsvr.replication.options import ReplicaOptions
+from kvsvr.replication.step_writes import StepWrites
 
 if TYPE_CHECKING:
     import random
@@ -71,8 +73,12 @@ class ReplicaCore:
         self.members = tuple(sorted(members))
         self.peers = tuple(member for member in self.members if member != node_id)
         self.majority = len(self.members) // 2 + 1
-        self.storage = storage
-        self.keyspace = keyspace.Keyspace(storage)
+        # Reads and writes go through the step's write buffer (step_writes.py).
+        self.storage = StepWrites(storage, before_flush=self._write_unsaved)
+        # Keys whose consensus record changed in this step: written once, at
+        # its end (`_save` may be called several times for one key).
+        self._unsaved_keys: dict[bytes, None] = {}
+        self.keyspace = keyspace.Keyspace(self.storage)
         self.rng = rng
         self.options = options
         self.limits = limits
@@ -89,6 +95,7 @@ class ReplicaCore:
     # -- effects ---------------------------------------------------------------
 
     def _take_effects(self) -> Effects:
+        self.storage.flush()
         effects, self._effects = self._effects, Effects()
         if self.options.bug_reply_before_sync:
             effects.sync = False  # planted bug: messages may leave before the sync
@@ -124,7 +131,13 @@ class ReplicaCore:
         return found
 
     def _save(self, key: bytes) -> None:
-        self._write([("acceptor", key, self._consensus[key].to_record())])
+        self._unsaved_keys[key] = None
+        self._effects.sync = True
+
+    def _write_unsaved(self) -> None:
+        if self._unsaved_keys:
+            keys, self._unsaved_keys = self._unsaved_keys, {}
+            self.storage.write([("acceptor", key, self._consensus[key].to_record()) for key in keys])
 
     def _applied_version(self, key: bytes) -> int:
         return self.keyspace.key_state(key).version

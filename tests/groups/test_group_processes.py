@@ -141,11 +141,11 @@ async def test_stale_reads_answer_from_the_node_itself_and_say_so(group):
     async with Client(group.nodes[1].address) as client:
         version = await client.put(b"k", b"v1")
     async with Client(group.nodes[2].address) as client:
-        answer = await client.call("get", b"k", {"key": b"k", "stale": True})
-        assert answer["stale"] is True
 
         async def applied():
-            item = await client.get(b"k", stale=True)
+            item = await client.get(b"k", stale=True)  # None until node 2 applied it
             return item is not None and (item.value, item.version) == (b"v1", version)
 
         await wait_until(applied, "node 2 never applied the write")
+        answer = await client.call("get", b"k", {"key": b"k", "stale": True})
+        assert answer["stale"] is True
