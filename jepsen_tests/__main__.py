@@ -5,7 +5,8 @@ Commands:
 - `check FILE... --model M`: decide whether each history is linearizable.
   Exit status 0 when every history is, 1 when one is not, 2 when a search
   ran out of budget or the input is bad (one line on stderr says why).
-- `run --nodes N --workload W --nemesis N1,N2 --time S --rate R --seed S --out DIR`:
+- `run --nodes N --workload W --nemesis N1,N2 --time S --rate R --seed S --out DIR
+  [--address-block B]`:
   one fault-injection run against real node processes (runner.py,
   docs/jepsen.md). Exit status 0 when every check passed, 1 when one
   failed, 2 when the run could not be done or a check could not decide.
@@ -36,6 +37,7 @@ from .checker import (
 from .checker.linearizability import CheckResult
 from .checker.timeline import write_timeline
 from .nemesis import NEMESES, PARTITION_SHAPES
+from .nodes import ADDRESS_BLOCK_MAX
 from .runner import RunConfig
 from .runner import run as run_test
 from .workloads import ROUTINGS, WORKLOADS
@@ -137,12 +139,15 @@ def check(
               help="random: each operation to a random node; preferred: to the key's coordinator.")
 @click.option("--partition-shapes", default=",".join(PARTITION_SHAPES), show_default=True,
               help="Comma list of the partition shapes the partition nemesis draws from.")
+@click.option("--address-block", type=click.IntRange(0, ADDRESS_BLOCK_MAX), default=0, show_default=True,
+              help="Nodes on 127.N.0.1.., clients on 127.N.0.100; runs in different blocks "
+                   "can go on at once.")
 @click.option("--test-only-bug", type=click.Choice(["read-without-quorum"]), default=None, hidden=True,
               help="Start the nodes with a planted bug, to show the checks catch it.")
 def run(nodes: str, workload: str, nemesis_text: str, time_seconds: float, rate: float,
         seed: int | None, out: Path, concurrency: int, operation_timeout: float,
         availability_min: float, check_budget_seconds: float, routing: str,
-        partition_shapes: str, test_only_bug: str | None) -> None:
+        partition_shapes: str, address_block: int, test_only_bug: str | None) -> None:
     """Run a fault-injection test against a group of real node processes."""
     nemeses = tuple(name for name in nemesis_text.split(",") if name and name != "none")
     unknown = sorted(set(nemeses) - set(NEMESES))
@@ -159,6 +164,7 @@ def run(nodes: str, workload: str, nemesis_text: str, time_seconds: float, rate:
         seed=seed, out=out, test_only_bug=test_only_bug, concurrency=concurrency,
         operation_timeout_seconds=operation_timeout, availability_minimum=availability_min,
         check_budget_seconds=check_budget_seconds, routing=routing, partition_shapes=shapes,
+        address_block=address_block,
     )
     sys.exit(run_test(config))
 

@@ -16,9 +16,11 @@ and whether some live node could still reach a majority: the runner
 measures availability against that.
 
 Partitions are rules in one nftables table of our own (`inet
-kvsvr_jepsen_<pid>`), matched on the pair of node addresses and the
-group's port, so clients on their own address and other groups on other
-ports are left alone. Installing a partition replaces the whole table in
+kvsvr_jepsen_<pid>_<address block>`), matched on the pair of node
+addresses and the group's port, so clients on their own address and other
+groups on other ports are left alone. The rules name only this run's
+node addresses, all in its own address block (127.<block>.0.0/24), so a
+run in another block is never cut, whatever it does. Installing a partition replaces the whole table in
 one `nft -f` transaction; healing deletes it; the runner deletes it again
 at exit (finally and atexit). Without nft or root the partition nemesis
 refuses to run (`firewall_problem`): it installs nothing itself.
@@ -157,38 +159,53 @@ def firewall_problem() -> str | None:
     return None
 
 
+def firewall_table(address_block: int) -> str:
+    """Our nftables table: per process and address block, so no other run shares it."""
+    return f"{NFT_TABLE_PREFIX}_{os.getpid()}_{address_block}"
+
+
+def partition_rules(table: str, hosts: dict[int, str], port: int,
+                    cuts: Iterable[frozenset[int]]) -> str:
+    """An nft script that replaces `table` with one dropping the cut pairs.
+
+    Each cut pair of nodes becomes four rules in each of the output and
+    input chains (both directions; the group's port as destination or as
+    source), each naming both node addresses and the port: no other
+    traffic is ever matched.
+    """
+    lines = []
+    for pair in sorted(tuple(sorted(pair)) for pair in cuts):
+        a, b = (hosts[node] for node in pair)
+        for source, destination in ((a, b), (b, a)):
+            for port_field in ("dport", "sport"):
+                lines.append(
+                    f"    ip saddr {source} ip daddr {destination} tcp {port_field} {port} drop"
+                )
+    body = "\n".join(lines)
+    chains = "\n".join(
+        f"  chain {hook} {{\n    type filter hook {hook} priority 0; policy accept;\n{body}\n  }}"
+        for hook in ("output", "input")
+    )
+    # "table X" then "delete table X": the delete never fails for a missing table.
+    return f"table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n{chains}\n}}\n"
+
+
 class Firewall:
     """One nftables table of our own: the current partition, replaced as a whole."""
 
-    def __init__(self, hosts: dict[int, str], port: int):
+    def __init__(self, hosts: dict[int, str], port: int, address_block: int = 0):
         problem = firewall_problem()
         if problem is not None:
             raise NemesisUnavailable(problem)
+        block_prefix = f"127.{address_block}.0."
+        assert all(host.startswith(block_prefix) for host in hosts.values()), (hosts, address_block)
         self.hosts = dict(hosts)
         self.port = port
-        self.table = f"{NFT_TABLE_PREFIX}_{os.getpid()}"
+        self.table = firewall_table(address_block)
         atexit.register(self.remove)
 
     def rules(self, cuts: Iterable[frozenset[int]]) -> str:
-        """An nft script that replaces our table with one dropping the cut pairs."""
-        lines = []
-        for pair in sorted(tuple(sorted(pair)) for pair in cuts):
-            a, b = (self.hosts[node] for node in pair)
-            for source, destination in ((a, b), (b, a)):
-                for port_field in ("dport", "sport"):
-                    lines.append(
-                        f"    ip saddr {source} ip daddr {destination} tcp {port_field} {self.port} drop"
-                    )
-        body = "\n".join(lines)
-        chains = "\n".join(
-            f"  chain {hook} {{\n    type filter hook {hook} priority 0; policy accept;\n{body}\n  }}"
-            for hook in ("output", "input")
-        )
-        # "table X" then "delete table X": the delete never fails for a missing table.
-        return (
-            f"table inet {self.table}\ndelete table inet {self.table}\n"
-            f"table inet {self.table} {{\n{chains}\n}}\n"
-        )
+        return partition_rules(self.table, self.hosts, self.port, cuts)
 
     def cut(self, cuts: Iterable[frozenset[int]]) -> None:
         self._nft(["-f", "-"], self.rules(cuts))

@@ -19,6 +19,15 @@ from pathlib import Path
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 _POLL_INTERVAL_SECONDS = 0.02
+ADDRESS_BLOCK_MAX = 255
+CLIENT_HOST_NUMBER = 100  # the last byte of the clients' address, past any node's
+
+
+def block_host(address_block: int, number: int) -> str:
+    """Address `number` of a loopback block: 127.<block>.0.<number> (all of 127/8 is loopback)."""
+    assert 0 <= address_block <= ADDRESS_BLOCK_MAX, address_block
+    assert 1 <= number <= 254, number
+    return f"127.{address_block}.0.{number}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -103,20 +112,25 @@ class NodeProcess:
 
 
 class GroupProcesses:
-    """A replica group of real node processes, node i on 127.0.0.i.
+    """A replica group of real node processes, node i on 127.<block>.0.i.
 
     Each node listens on its own loopback address and connects to its peers
     from it, so a partition between two addresses is a partition between
-    two nodes.
+    two nodes. Clients connect from `client_host`, in the same block but no
+    node's. Groups in different address blocks share no address, so two of
+    them (two fault-injection runs) can run at once and a firewall rule
+    naming one group's addresses never touches the other.
     """
 
     def __init__(self, root: Path, members: int = 3, extra_args: tuple[str, ...] = (),
-                 base_port: int | None = None):
+                 base_port: int | None = None, address_block: int = 0):
         assert members in (3, 5)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        hosts = [f"127.0.0.{node_id}" for node_id in range(1, members + 1)]
-        port = base_port or free_port()
+        self.address_block = address_block
+        self.client_host = block_host(address_block, CLIENT_HOST_NUMBER)
+        hosts = [block_host(address_block, node_id) for node_id in range(1, members + 1)]
+        port = base_port or free_port(hosts[0])
         # One port for all: each node has its own address, so they never clash.
         self.group_text = ",".join(f"{index + 1}={host}:{port}" for index, host in enumerate(hosts))
         self.nodes = {

@@ -3,11 +3,15 @@
 Theory of operation. `run(config)` is bounded at every step and stops by
 itself:
 
-1. A fresh group of node processes in `out/nodes` (node i on 127.0.0.i,
-   one port; jepsen_tests/nodes.py).
+1. A fresh group of node processes in `out/nodes` (node i on
+   127.<block>.0.i, one port; jepsen_tests/nodes.py). The address block
+   (`address_block`, 0 by default) is held by one run at a time (a lock
+   file), so runs in different blocks go on at once without touching
+   each other: no shared address, and partition rules naming only their
+   own.
 2. For `time_seconds`: `concurrency` client processes (trio tasks, each
    one operation at a time, its own connection to every node from the
-   clients' own address, so partitions between node addresses never cut
+   clients' own address (127.<block>.0.100), so partitions between node addresses never cut
    a client off), started no faster than `rate` operations a second in
    all; beside them the nemesis plays the schedule drawn from the seed.
    A process whose operation ended `info` is retired and a fresh process
@@ -30,11 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import random
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -58,14 +65,13 @@ from .nemesis import (
     firewall_problem,
     read_nemesis_log,
 )
-from .nodes import GroupProcesses
+from .nodes import ADDRESS_BLOCK_MAX, GroupProcesses
 from .workloads import Nodes, Workload, workload_named
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_NOT_DONE = 2
 
-CLIENT_ADDRESS = "127.0.0.100"
 RECOVERY_POLL_SECONDS = 0.2
 FINAL_READ_ATTEMPTS = 5
 PROBE_KEY = b"jepsen-probe"
@@ -89,6 +95,7 @@ class RunConfig:
     operations_per_key_max: int | None = None
     routing: str = "random"
     partition_shapes: tuple[str, ...] = PARTITION_SHAPES
+    address_block: int = 0  # nodes on 127.<block>.0.1.., clients on 127.<block>.0.100
 
     def describe(self) -> str:
         nemeses = ",".join(self.nemeses) or "none"
@@ -122,16 +129,54 @@ def _run(config: RunConfig) -> int:
         problem = firewall_problem()
         if problem is not None:
             raise RunNotDone(f"the partition nemesis cannot run: {problem}")
+    if not 0 <= config.address_block <= ADDRESS_BLOCK_MAX:
+        raise RunNotDone(f"address block {config.address_block}: choose 0 to {ADDRESS_BLOCK_MAX}")
     out = config.out
     if (out / "nodes").exists():
         raise RunNotDone(f"{out} holds an earlier run; give a fresh --out")
+    with address_block_held(config.address_block):
+        return _run_in_block(config)
+
+
+@contextlib.contextmanager
+def address_block_held(address_block: int):
+    """Hold the block's lock file for the run; another run in the block is refused.
+
+    Two runs in one block would share node addresses, so one's partition
+    rules would name the other's nodes. flock is released when the
+    process ends, however it ends, so a killed run leaves no stale lock.
+    """
+    path = Path(tempfile.gettempdir()) / f"kvsvr-jepsen-block-{address_block}.lock"
+    try:
+        lock = open(path, "a+")
+    except OSError as error:
+        raise RunNotDone(f"cannot open the lock of address block {address_block}: {error}") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another run"
+            raise RunNotDone(f"address block {address_block} (127.{address_block}.0.0/24) is in use "
+                             f"by {holder}; give another --address-block") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _run_in_block(config: RunConfig) -> int:
+    out = config.out
     out.mkdir(parents=True, exist_ok=True)
     extra = ("--test-only-bug", config.test_only_bug) if config.test_only_bug else ()
-    group = GroupProcesses(out / "nodes", members=config.nodes, extra_args=extra)
+    group = GroupProcesses(out / "nodes", members=config.nodes, extra_args=extra,
+                           address_block=config.address_block)
     port = group.nodes[1].port
     firewall = None
     if "partition" in config.nemeses:
-        firewall = Firewall({node_id: node.host for node_id, node in group.nodes.items()}, port)
+        firewall = Firewall({node_id: node.host for node_id, node in group.nodes.items()}, port,
+                            config.address_block)
     world = World(group.nodes, out / "nemesis.jsonl", time.monotonic_ns)
     history = HistoryWriter(out / "history.jsonl")
     rng = random.Random(config.seed)
@@ -201,7 +246,7 @@ async def _drive(config: RunConfig, group: GroupProcesses, firewall: Firewall | 
             for node_id, node in group.nodes.items():
                 clients[node_id] = await stack.enter_async_context(
                     Client(node.address, timeout_seconds=config.operation_timeout_seconds,
-                           local_address=CLIENT_ADDRESS))
+                           local_address=group.client_host))
             nodes = Nodes(clients, rng, config.operation_timeout_seconds, config.routing)
             while True:
                 moment = limiter.reserve()
@@ -260,7 +305,8 @@ async def _wait_for_recovery(group: GroupProcesses, world: World, seconds: float
         while pending:
             for node_id in sorted(pending):
                 try:
-                    async with Client(group.nodes[node_id].address, local_address=CLIENT_ADDRESS) as client:
+                    async with Client(group.nodes[node_id].address,
+                                      local_address=group.client_host) as client:
                         await client.get(PROBE_KEY, timeout=2.0)
                     pending.discard(node_id)
                 except KvError:
@@ -276,7 +322,7 @@ async def _final_reads(group: GroupProcesses, world: World, history: HistoryWrit
     """A linearizable read of every key through every live node, into the history."""
     function, _ = workload.final_read()
     for node_id in _live(group, world):
-        async with Client(group.nodes[node_id].address, local_address=CLIENT_ADDRESS,
+        async with Client(group.nodes[node_id].address, local_address=group.client_host,
                           timeout_seconds=config.operation_timeout_seconds) as client:
             nodes = Nodes({node_id: client}, random.Random(node_id), config.operation_timeout_seconds)
             for key in keys:
@@ -297,7 +343,8 @@ async def _converged_states(group: GroupProcesses, world: World, workload: Workl
         while True:
             for node_id in _live(group, world):
                 try:
-                    async with Client(group.nodes[node_id].address, local_address=CLIENT_ADDRESS) as client:
+                    async with Client(group.nodes[node_id].address,
+                                      local_address=group.client_host) as client:
                         states[node_id] = await workload.node_state(client, keys, timeout=5.0)
                 except KvError:
                     states.pop(node_id, None)
