@@ -17,7 +17,9 @@ failed, or could not decide (`passed is None`), with a one-line summary:
   nemesis stopped it, and none refused to start except on data the
   nemesis damaged;
 - availability: among operations begun while some live node reached a
-  majority, the share that succeeded is at least the minimum asked for.
+  majority, the share that succeeded is at least the minimum asked for;
+  beside it, for a reader, the longest stall: the longest stretch with a
+  majority reachable throughout in which no operation succeeded.
 """
 
 from __future__ import annotations
@@ -208,6 +210,43 @@ class MajorityTimeline:
         index = bisect.bisect_right(self.times, moment) - 1
         return True if index < 0 else self.states[index]  # the run starts healthy
 
+    def reachable_within(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The stretches of [start, end] in which a majority was reachable."""
+        stretches = []
+        opened = start if self.at(start) else None
+        first = bisect.bisect_right(self.times, start)
+        for moment, reachable in zip(self.times[first:], self.states[first:], strict=True):
+            if moment >= end:
+                break
+            if reachable and opened is None:
+                opened = moment
+            elif not reachable and opened is not None:
+                stretches.append((opened, moment))
+                opened = None
+        if opened is not None:
+            stretches.append((opened, end))
+        return stretches
+
+
+def longest_stall(success_times: list[int], last_invoked: int, timeline: MajorityTimeline,
+                  window: tuple[int, int]) -> tuple[int, int]:
+    """(length, start) of the longest stretch with a majority reachable
+    throughout and no operation succeeding, while operations were begun.
+
+    It runs from the window's start (or a success) to the next success, or
+    to the last operation begun when nothing succeeded after it (a store
+    that serves nothing from some moment on stalls too; the tail after the
+    last operation begun, when nothing new is asked, does not count). A
+    stretch without a majority splits a gap: only its reachable parts count.
+    """
+    end = max([last_invoked, *success_times])
+    moments = sorted({window[0], end, *(moment for moment in success_times if moment > window[0])})
+    longest = (0, window[0])
+    for earlier, later in zip(moments, moments[1:], strict=False):
+        for start, stop in timeline.reachable_within(earlier, later):
+            longest = max(longest, (stop - start, start))
+    return longest
+
 
 def check_availability(
     operations: list[Operation], nemesis_events: list[dict], minimum_share: float,
@@ -218,10 +257,12 @@ def check_availability(
     majority reachable in which no operation succeeded (a stall)."""
     timeline = MajorityTimeline(nemesis_events)
     counted = succeeded = 0
-    successes = [window[0]]
+    successes = []
+    last_invoked = window[0]
     for operation in operations:
         if not window[0] <= operation.invoke_time <= window[1]:
             continue
+        last_invoked = max(last_invoked, operation.invoke_time)
         if operation.status == "ok":
             successes.append(operation.completion_time)
         if not timeline.at(operation.invoke_time):
@@ -229,19 +270,13 @@ def check_availability(
         counted += 1
         succeeded += operation.status == "ok"
     share = succeeded / counted if counted else 0.0
-    successes.sort()
-    gaps = [
-        (later - earlier, earlier, later)
-        for earlier, later in zip(successes, successes[1:], strict=False)
-        if timeline.at(earlier) and timeline.at(later)
-    ]
-    longest = max(gaps, default=(0, window[0], window[0]))
+    stall_ns, stall_start = longest_stall(successes, last_invoked, timeline, window)
     details = {"share": round(share, 4), "operations": counted, "succeeded": succeeded,
                "minimum": minimum_share,
-               "longest_stall_seconds": round(longest[0] / 1e9, 3),
-               "longest_stall_from_seconds": round((longest[1] - window[0]) / 1e9, 3)}
+               "longest_stall_seconds": round(stall_ns / 1e9, 3),
+               "longest_stall_from_seconds": round((stall_start - window[0]) / 1e9, 3)}
     summary = (f"{share:.1%} of {counted} operations begun with a majority reachable succeeded; "
-               f"longest stall {longest[0] / 1e9:.1f} s")
+               f"longest stall {stall_ns / 1e9:.1f} s")
     if counted == 0:
         return CheckOutcome("availability", None, "no operation was begun with a majority reachable", details)
     return CheckOutcome("availability", share >= minimum_share, summary + f" (minimum {minimum_share:.0%})", details)
