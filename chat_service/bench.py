@@ -39,6 +39,7 @@ The last line printed is one JSON object with the figures.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -55,6 +56,8 @@ from chat_service.delivery_check import Delivered, SentMessage, check_deliveries
 from chat_service.http_client import ChatClient, ChatError
 
 SETUP_IN_FLIGHT_MAX = 32
+# Simulated users sharing one HTTP connection pool.
+RECEIVERS_PER_POOL = 8
 # The final sync of one user, through pages and retries, must end by then.
 FINAL_SYNC_DEADLINE_SECONDS = 60.0
 RETRY_PAUSE_SECONDS = 0.1
@@ -150,18 +153,28 @@ async def run_bench(urls: list[str], *, users: int, groups: int, group_size: int
     say(f"chat-bench run {run}: {users} users, {groups} groups of {group_size}, "
         f"{messages} messages, rate {rate or 'max'}, {len(urls)} instance(s)")
 
-    async with ChatClient(urls, connections_max=len(members) + concurrency + 16) as chat:
+    receivers = {user: Receiver(user, index) for index, user in enumerate(members)}
+    async with contextlib.AsyncExitStack() as stack:
+        # Small pools: httpx's pool does work proportional to its connections
+        # on every request, so one pool for hundreds of long-polls would make
+        # the bench, not the service, the bottleneck.
+        chat = await stack.enter_async_context(
+            ChatClient(urls, connections_max=concurrency + SETUP_IN_FLIGHT_MAX))
+        pools = [await stack.enter_async_context(
+                     ChatClient(urls, connections_max=RECEIVERS_PER_POOL))
+                 for _ in range(math.ceil(len(receivers) / RECEIVERS_PER_POOL))]
+        pool_of = {user: pools[index // RECEIVERS_PER_POOL]
+                   for index, user in enumerate(receivers)}
         started = time.monotonic()
         await bounded_all([lambda u=user, i=index: chat.create_account(u, instance=i)
                            for index, user in enumerate(plan.users)], SETUP_IN_FLIGHT_MAX)
         for index, (group, group_members) in enumerate(plan.groups.items()):
             await chat.create_group(group, group_members[0], group_members, instance=index)
 
-        receivers = {user: Receiver(user, index) for index, user in enumerate(members)}
-
         async def start_from_now(receiver: Receiver) -> None:
             # Group creation changed the user's groups list; start past that.
-            if not await sync_fully(chat, receiver, receiver.instance, FINAL_SYNC_DEADLINE_SECONDS):
+            if not await sync_fully(pool_of[receiver.user], receiver, receiver.instance,
+                                    FINAL_SYNC_DEADLINE_SECONDS):
                 raise RuntimeError(f"the first sync of {receiver.user} never completed")
             receiver.received.clear()
             receiver.first_seen.clear()
@@ -180,8 +193,9 @@ async def run_bench(urls: list[str], *, users: int, groups: int, group_size: int
         async def receive(receiver: Receiver) -> None:
             while True:
                 try:
-                    answer = await chat.sync(receiver.user, receiver.snapshot,
-                                             wait_seconds=wait_seconds, instance=receiver.instance)
+                    answer = await pool_of[receiver.user].sync(
+                        receiver.user, receiver.snapshot, wait_seconds=wait_seconds,
+                        instance=receiver.instance)
                 except Exception:  # noqa: BLE001 (an instance or the network failed: go on)
                     receiver.errors += 1
                     await trio.sleep(RETRY_PAUSE_SECONDS)
@@ -249,7 +263,7 @@ async def run_bench(urls: list[str], *, users: int, groups: int, group_size: int
         incomplete = []
 
         async def final_sync(receiver: Receiver) -> None:
-            if not await sync_fully(chat, receiver, receiver.instance + 1,
+            if not await sync_fully(pool_of[receiver.user], receiver, receiver.instance + 1,
                                     FINAL_SYNC_DEADLINE_SECONDS):
                 incomplete.append(receiver.user)
 
