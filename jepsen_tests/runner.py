@@ -15,7 +15,9 @@ itself:
    a client off), started no faster than `rate` operations a second in
    all; beside them the nemesis plays the schedule drawn from the seed.
    A process whose operation ended `info` is retired and a fresh process
-   id takes its slot, since the old operation may still be in flight.
+   id takes its slot, since the old operation may still be in flight. A
+   compare-and-set the store refused without looking at the value is left
+   out of the history (workloads.py, "Refused operations") but counted.
 3. Heal everything (links, paused nodes, stopped nodes; not nodes that
    refused damaged data), then poll until every live node serves a
    linearizable read (at most `recovery_seconds`).
@@ -53,7 +55,8 @@ from kvsvr.client import Client
 from kvsvr.errors import KvError
 
 from . import checks
-from .checker import HistoryWriter
+from .checker import HistoryWriter, Operation
+from .checker.history import freeze_value
 from .nemesis import (
     NEMESES,
     PARTITION_SHAPES,
@@ -178,7 +181,8 @@ def _run_in_block(config: RunConfig) -> int:
         firewall = Firewall({node_id: node.host for node_id, node in group.nodes.items()}, port,
                             config.address_block)
     world = World(group.nodes, out / "nemesis.jsonl", time.monotonic_ns)
-    history = HistoryWriter(out / "history.jsonl")
+    history_clock = _HistoryClock()
+    history = HistoryWriter(out / "history.jsonl", history_clock)
     rng = random.Random(config.seed)
     workload = workload_named(config.workload, random.Random(rng.getrandbits(64)),
                               config.operations_per_key_max)
@@ -189,7 +193,8 @@ def _run_in_block(config: RunConfig) -> int:
             group.start()
         except (RuntimeError, TimeoutError) as error:
             raise RunNotDone(f"the group would not start: {error}") from None
-        record = trio.run(_drive, config, group, firewall, world, history, workload, schedule)
+        record = trio.run(_drive, config, group, firewall, world, history, history_clock, workload,
+                          schedule)
         record["stop_exit_codes"] = _stop_all(group, world)
     finally:
         if firewall is not None:
@@ -213,6 +218,27 @@ def _stop_all(group: GroupProcesses, world: World) -> dict[str, int | None]:
     return codes
 
 
+class _HistoryClock:
+    """The history's clock: monotonic time, except while the invocation of an
+    operation held back until its outcome was known is written (workloads.py,
+    "Refused operations"): then the moment it was invoked. The checker orders
+    operations by their times, not by their lines."""
+
+    def __init__(self) -> None:
+        self.invoked_ns: int | None = None
+
+    def __call__(self) -> int:
+        return time.monotonic_ns() if self.invoked_ns is None else self.invoked_ns
+
+    def write_invocation(self, history: HistoryWriter, invoked_ns: int, process: int,
+                         function: str, key: str, argument: Any) -> None:
+        self.invoked_ns = invoked_ns
+        try:
+            history.invoke(process, function, key, argument)
+        finally:
+            self.invoked_ns = None
+
+
 class _RateLimiter:
     """Start times for operations, `1/rate` apart, across all client processes."""
 
@@ -227,7 +253,8 @@ class _RateLimiter:
 
 
 async def _drive(config: RunConfig, group: GroupProcesses, firewall: Firewall | None, world: World,
-                 history: HistoryWriter, workload: Workload, schedule) -> dict[str, Any]:
+                 history: HistoryWriter, history_clock: _HistoryClock, workload: Workload,
+                 schedule) -> dict[str, Any]:
     nemesis = Nemesis(group, world, firewall, config.partition_shapes)
     operations_log = open(config.out / "operations.jsonl", "w", encoding="utf-8")
     started_ns = time.monotonic_ns()
@@ -236,6 +263,7 @@ async def _drive(config: RunConfig, group: GroupProcesses, firewall: Firewall | 
     limiter = _RateLimiter(config.rate, started)
     operations_max = math.ceil(config.rate * config.time_seconds)
     counters = {"started": 0}
+    left_out: list[Operation] = []  # refused before they were looked at: not in the history
     world.record("run", "note", what="workload begins")
 
     async def client_process(slot: int) -> None:
@@ -255,13 +283,28 @@ async def _drive(config: RunConfig, group: GroupProcesses, firewall: Firewall | 
                 await trio.sleep_until(moment)
                 counters["started"] += 1
                 function, key, argument = workload.draw(slot)
-                invoked = history.invoke(process, function, key, argument)
+                held_back = workload.may_be_left_out(function)
+                if held_back:
+                    invoked_ns = time.monotonic_ns()
+                else:
+                    invoked_ns = history.invoke(process, function, key, argument).time
                 outcome = await workload.run(nodes, slot, function, key, argument)
-                completed = history.write_event(process, outcome.type, function, key, outcome.value)
+                if outcome.left_out:
+                    completed_ns = time.monotonic_ns()
+                    left_out.append(Operation(
+                        index=-1, process=process, function=function, key=key,
+                        argument=freeze_value(argument), status=outcome.type, result=None,
+                        invoke_time=invoked_ns, completion_time=completed_ns))
+                else:
+                    if held_back:
+                        history_clock.write_invocation(history, invoked_ns, process, function,
+                                                       key, argument)
+                    completed_ns = history.write_event(process, outcome.type, function, key,
+                                                       outcome.value).time
                 operations_log.write(json.dumps({
                     "process": process, "f": function, "key": key, "type": outcome.type,
-                    "node": outcome.node, "error": outcome.error,
-                    "ms": round((completed.time - invoked.time) / 1e6, 3),
+                    "node": outcome.node, "error": outcome.error, "left_out": outcome.left_out,
+                    "ms": round((completed_ns - invoked_ns) / 1e6, 3),
                 }) + "\n")
                 if outcome.type == "info":
                     process += config.concurrency
@@ -289,6 +332,7 @@ async def _drive(config: RunConfig, group: GroupProcesses, firewall: Firewall | 
         "operations_started": counters["started"],
         "recovery": recovery,
         "keys": keys,
+        "left_out": left_out,
         "final_states": final_states,
     }
 
@@ -359,7 +403,10 @@ def _judge(config: RunConfig, group: GroupProcesses, workload: Workload, record:
     out = config.out
     nemesis_events = read_nemesis_log(out / "nemesis.jsonl")
     operations = checks.history_operations(out / "history.jsonl")
+    # What the clients did, for availability, plots and counts: the history's
+    # operations and those left out of it.
     in_workload = [op for op in operations if not str(op.process).startswith("final-")]
+    in_workload += record["left_out"]
     results = [
         checks.check_linearizable(operations, workload.model, config.check_budget_seconds,
                                   out / "timeline.html"),
@@ -389,6 +436,7 @@ def _judge(config: RunConfig, group: GroupProcesses, workload: Workload, record:
         "config": {**dataclasses.asdict(config), "out": str(config.out)},
         "checks": {result.name: result.to_json() for result in results},
         "operations": dict(sorted(counts.items())),
+        "left_out_of_history": len(record["left_out"]),
         "faults": [dataclasses.asdict(fault) for fault in schedule],
         "nemesis_notes": [event for event in nemesis_events if event["fault"] in ("refused", "crash")
                           or event["phase"] in ("skipped",) or event["fault"] == "corrupt"],

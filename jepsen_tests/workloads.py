@@ -21,6 +21,19 @@ operations and then replaced by a fresh key, so every key's history stays
 small enough for the checker (its search grows with the operations that
 overlap in time, most of all timed-out writes that nobody read back).
 
+Refused operations. The checker reads a failed compare-and-set as an
+observation: it saw a value other than the one it expected. That is what a
+`condition_failed` answer means, and only that: a cas the store refused
+without looking at the value (`unavailable`, `overloaded`, or every node
+refused until the deadline passed) never happened and saw nothing.
+Recorded as `fail` it would claim the register was not at its expected
+value at a moment it was, a false "not linearizable"; recorded as `info` it
+would be sound but cost the search dearly. So such an operation is *left
+out* of the history (`Outcome.left_out`); workloads name the functions
+that may be (`may_be_left_out`), and the runner holds their invocation
+back until the outcome is known. The runner still counts them for
+availability and draws them in the plots.
+
 Besides the history, every acknowledged write and every read is noted with
 the version the store gave it (`Observation`): checks.py uses them to
 prove that no acknowledged write was lost and that no version holds two
@@ -54,6 +67,7 @@ class Outcome:
     value: Any = None  # the result recorded in the history
     node: int | None = None  # the node that answered
     error: str | None = None
+    left_out: bool = False  # never happened and saw nothing: not in the history (above)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +180,10 @@ class Workload:
         """The next operation of a client process: (function, key, argument)."""
         raise NotImplementedError
 
+    def may_be_left_out(self, function: str) -> bool:
+        """Whether an operation of `function` may end `left_out` (see Refused operations)."""
+        return False
+
     async def run(
         self, nodes: Nodes, process_slot: int, function: str, key: str, argument: Any
     ) -> Outcome:
@@ -203,9 +221,18 @@ class RegisterWorkload(Workload):
     def final_read(self) -> tuple[str, Any]:
         return "read", None
 
+    def may_be_left_out(self, function: str) -> bool:
+        return function == "cas"
+
     async def run(
         self, nodes: Nodes, process_slot: int, function: str, key: str, argument: Any
     ) -> Outcome:
+        outcome = await self._run(nodes, function, key, argument)
+        if function == "cas" and outcome.type == "fail" and outcome.error != "condition_failed":
+            return dataclasses.replace(outcome, left_out=True)
+        return outcome
+
+    async def _run(self, nodes: Nodes, function: str, key: str, argument: Any) -> Outcome:
         stored = store_key(key)
         try:
             if function == "read":
