@@ -545,6 +545,8 @@ class Simulation:
             self.counters["walks_after_trimmed_log"] += 1
         elif event == "log_trimmed":
             self.counters["log_trims"] += 1
+        elif event == "reproposed":
+            self.counters["batches_proposed_again"] += 1
 
     def _check_accept(self, accept: Accept) -> None:
         name = (accept.key, accept.ballot, accept.instance.first_version)

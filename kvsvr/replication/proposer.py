@@ -31,7 +31,12 @@ nothing is inferred from the local acceptor's record.
 6. Once an Accept has left, only a decision settles its writes (R9):
    success when their ref is decided at their version; back into the queue
    only once another ref is known decided there; `timeout` (outcome
-   unknown, never "failed") if the client's deadline comes first.
+   unknown, never "failed") if the client's deadline comes first. A
+   proposer whose Accept lost to another ballot does not wait for others
+   to settle the version: it prepares again (after its backoff), and if
+   the new majority holds no vote there, proposes the same instance again,
+   unchanged, under the new ballot. Without this, coordinators that all
+   lost a duel on a key would each wait for a decision none of them makes.
 
 Calls into other parts: `learn_decision`, `_advance` (acceptor.py),
 `_start_read` (reads.py, for R7), `_next_log_position`, `_append_log`
@@ -101,6 +106,9 @@ class KeyProposer:
     proposed: dict[int, list[tuple[Ref, list[ClientWrite]]]] = dataclasses.field(
         default_factory=dict
     )
+    # The instance each ref in `proposed` was first sent as, to propose it
+    # again unchanged under a newer ballot (step 6).
+    proposed_instances: dict[Ref, Instance] = dataclasses.field(default_factory=dict)
 
 
 class Proposer(ReplicaCore):
@@ -135,7 +143,7 @@ class Proposer(ReplicaCore):
         self._proposers_ticking[key] = None
         if proposer.phase != "idle":
             return
-        if not proposer.queue and not proposer.recovery_wanted:
+        if not proposer.queue and not proposer.recovery_wanted and not proposer.proposed:
             return
         if proposer.backoff_until > self.now:
             return
@@ -197,6 +205,16 @@ class Proposer(ReplicaCore):
             recovered = max(votes, key=lambda vote: vote.ballot).instance
             self._send_accept(key, proposer, recovered, consensus.chosen)
             return
+        # No vote above the decided version in this majority: a batch of ours
+        # still waiting there (its Accept lost to another ballot) goes again,
+        # unchanged, rather than wait for a decision no one else will make.
+        waiting = proposer.proposed.get(decided + 1)
+        if waiting:
+            instance = proposer.proposed_instances.get(waiting[-1][0])
+            if instance is not None and self._payload(instance.ref) is not None:
+                self.observer("reproposed", (self.node_id, key, instance))
+                self._send_accept(key, proposer, instance, consensus.chosen)
+                return
         self._drive(key)
 
     # -- steps 3-4: conditions, the batch, Accept ------------------------------------
@@ -254,6 +272,7 @@ class Proposer(ReplicaCore):
         self._append_log(position, PayloadRecord(ref, key, payload))  # our payloads live in our log
         instance = Instance(consensus.chosen_version + 1, len(batch), ref)
         proposer.proposed.setdefault(instance.first_version, []).append((ref, batch))
+        proposer.proposed_instances[ref] = instance
         self._send_accept(key, proposer, instance, consensus.chosen)
 
     def _send_accept(
@@ -321,6 +340,7 @@ class Proposer(ReplicaCore):
             return
         for first_version in range(decided.first_version, decided.last_version + 1):
             for ref, writes in proposer.proposed.pop(first_version, ()):
+                proposer.proposed_instances.pop(ref, None)
                 if first_version == decided.first_version and ref == decided.ref:
                     for write in writes:
                         self.writes_decided["fast_path" if write.fast_path else "prepared"] += 1
@@ -391,6 +411,9 @@ class Proposer(ReplicaCore):
                     # R9: an Accept left; without a decision the outcome is unknown.
                     self._reply(write.request_id, Timeout("outcome unknown: no decision learned"))
                     writes.remove(write)
+            for ref, writes in proposals:
+                if not writes:
+                    proposer.proposed_instances.pop(ref, None)
             proposals[:] = [proposal for proposal in proposals if proposal[1]]
             if not proposals:
                 del proposer.proposed[first_version]

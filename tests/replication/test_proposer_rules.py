@@ -255,8 +255,10 @@ def test_r9_already_chosen_teaches_the_proposer_its_own_decided_write():
 
 
 def test_r9_second_proposal_at_a_version_keeps_the_first_batch_answerable():
-    """A coordinator whose first Accept at v reached no one proposes other
-    writes at v after a new Prepare; the first batch still gets an answer."""
+    """A coordinator whose first Accept at v reached no one prepares again;
+    the new majority holds no vote at v, so it proposes the same batch again
+    there, unchanged, and the writes queued behind it follow at v+1. Both
+    are answered, once each."""
     options = ReplicaOptions(client_timeout_ticks=300)
     group = Group(options=options)
     first = group.put(1, KEY, b"first")
@@ -269,7 +271,9 @@ def test_r9_second_proposal_at_a_version_keeps_the_first_batch_answerable():
 
     group.take(is_first_accept)
     second = group.put(1, KEY, b"second")
-    group.run_until(lambda: group.answered(second), matches=not_(is_first_accept))
-    assert group.replies[second]["version"] == 1
-    group.run_until(lambda: group.answered(first), ticks_max=400, matches=not_(is_first_accept))
-    assert group.replies[first] == {"version": 2}
+    group.run_until(lambda: group.answered(first, second), matches=not_(is_first_accept))
+    assert group.replies[first] == {"version": 1}
+    assert group.replies[second] == {"version": 2}
+    reproposed = [m for _, _, m in group.sent if isinstance(m, Accept) and m.instance.first_version == 1]
+    assert len({m.instance.ref for m in reproposed}) == 1  # the same batch, under a new ballot
+    assert len({m.ballot for m in reproposed}) == 2
