@@ -11,23 +11,14 @@ from __future__ import annotations
 import contextlib
 import random
 
-import pytest
 import trio
 
-from jepsen_tests.nodes import GroupProcesses
 from kvsvr.client import Client
 from kvsvr.errors import Timeout
 
 WRITERS = 6
 WRITES_PER_WRITER = 40
 HOT_KEYS = (b"hot-0", b"hot-1")
-
-
-@pytest.fixture
-def group(tmp_path):
-    processes = GroupProcesses(tmp_path / "group").start()
-    yield processes
-    processes.kill_all()
 
 
 async def test_duelling_coordinators_settle_every_write(group):

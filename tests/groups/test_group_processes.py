@@ -12,21 +12,10 @@ import signal
 import pytest
 import trio
 
-from jepsen_tests.nodes import GroupProcesses
 from kvsvr.client import Client
 from kvsvr.errors import Timeout, Unavailable
 
 WAIT_SECONDS = 30
-
-
-@pytest.fixture
-def group(tmp_path):
-    processes = GroupProcesses(tmp_path / "group").start()
-    yield processes
-    for node in processes.nodes.values():
-        if node.process is not None and node.process.poll() is None:
-            node.process.send_signal(signal.SIGCONT)
-    processes.kill_all()
 
 
 async def wait_until(condition, what: str, seconds: float = WAIT_SECONDS):
