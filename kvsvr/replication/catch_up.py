@@ -69,8 +69,9 @@ _ROW_OVERHEAD_BYTES = 32
 
 @dataclasses.dataclass
 class StagedState:
-    """Pages of one version of a key's state, until every page is here."""
+    """Pages of one version of a key's state from one peer, until every page is here."""
 
+    source: int
     version: int
     pages: int
     rows_by_page: dict[int, list] = dataclasses.field(default_factory=dict)
@@ -81,7 +82,9 @@ class CatchUp(ReplicaCore):
         # ("payload", ref), ("state", key) or ("walk", origin) -> next retry tick
         self._fetch_retry_at: dict[tuple, int] = {}
         self._fetch_attempt_count: dict[tuple, int] = {}
-        self._payload_misses: dict[Ref, int] = {}  # peers that said they hold none
+        # Peers that said they hold none, as a set: a duplicated or late reply
+        # from one peer must not count as a second peer's.
+        self._payload_misses: dict[Ref, set[int]] = {}
         self._staged_states: dict[bytes, StagedState] = {}
         # origin -> (the trim point that started the walk, the next key to ask for)
         self._walks: dict[int, tuple[LogPosition, bytes]] = {}
@@ -112,7 +115,7 @@ class CatchUp(ReplicaCore):
         self._send(self.peers[attempt % len(self.peers)], FetchState(key, version_min))
 
     def _payload_held_nowhere(self, ref: Ref) -> bool:
-        return self._payload_misses.get(ref, 0) >= len(self.peers)
+        return len(self._payload_misses.get(ref, ())) >= len(self.peers)
 
     def _due(self, what: tuple) -> bool:
         retry_at = self._fetch_retry_at.get(what)
@@ -197,7 +200,7 @@ class CatchUp(ReplicaCore):
 
     def on_payload_reply(self, source: int, message: PayloadReply) -> None:
         if message.payload is None:
-            self._payload_misses[message.ref] = self._payload_misses.get(message.ref, 0) + 1
+            self._payload_misses.setdefault(message.ref, set()).add(source)
             self._forget_fetch(("payload", message.ref))  # ask the next one
             return
         if self._store_payload(message.ref, message.key, message.payload):
@@ -216,8 +219,12 @@ class CatchUp(ReplicaCore):
         rows = message.rows
         if message.pages > 1:
             staged = self._staged_states.get(key)
-            if staged is None or (staged.version, staged.pages) != (version, message.pages):
-                staged = self._staged_states[key] = StagedState(version, message.pages)
+            if staged is None or (staged.source, staged.version, staged.pages) != (
+                source,
+                version,
+                message.pages,
+            ):
+                staged = self._staged_states[key] = StagedState(source, version, message.pages)
             staged.rows_by_page[message.page] = message.rows
             if len(staged.rows_by_page) < staged.pages:
                 return

@@ -5,6 +5,12 @@ it sends anything, so the names below can never mean two things:
 
     Ballot = (round, incarnation, node_id)        ordered as a tuple
     Ref    = (origin, incarnation, seq, crc32c)   names one payload
+    ReadId = (incarnation, seq)                   names one read of the reader
+
+Every reply names the exact request it answers by one of these (a Promise
+or Accepted its ballot, a ReadReply its read id), so a reply queued for a
+node's previous incarnation and delivered after its restart never counts
+for a request of the new one.
 
 An *instance* is one decided step of a key: `Instance(first_version,
 count, ref)` applies the `count` mutations in the payload `ref` to reach
@@ -27,6 +33,7 @@ from typing import Any
 Ballot = tuple[int, int, int]  # (round, incarnation, node_id)
 Ref = tuple[int, int, int, int]  # (origin, incarnation, seq, crc32c)
 LogPosition = tuple[int, int]  # (incarnation, seq) in an origin's log
+ReadId = tuple[int, int]  # (incarnation, seq) of the reader
 
 ZERO_BALLOT: Ballot = (0, 0, 0)
 LOG_START: LogPosition = (0, 0)
@@ -112,13 +119,13 @@ class Commit:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Read:
     key: bytes
-    read_id: int
+    read_id: ReadId
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReadReply:
     key: bytes
-    read_id: int
+    read_id: ReadId  # echoes the Read
     chosen: Instance | None
     accepted: Vote | None
     applied_version: int

@@ -37,14 +37,14 @@ import dataclasses
 from kvsvr import model
 from kvsvr.errors import KvError, Timeout
 from kvsvr.replication.core import ReplicaCore, votes_after
-from kvsvr.replication.messages import Read, ReadReply
+from kvsvr.replication.messages import Read, ReadId, ReadReply
 from kvsvr.requests import Get
 
 
 @dataclasses.dataclass
 class PendingRead:
     key: bytes
-    read_id: int
+    read_id: ReadId
     # ("client", request_id, request) or ("confirm", ClientWrite, version_checked)
     purpose: tuple
     deadline: int
@@ -56,13 +56,16 @@ class PendingRead:
 
 class Reads(ReplicaCore):
     def _init_reads(self) -> None:
-        self._reads: dict[int, PendingRead] = {}
+        self._reads: dict[ReadId, PendingRead] = {}
         self._reads_waiting_apply: dict[bytes, list[PendingRead]] = collections.defaultdict(list)
-        self._next_read_id = 1
+        self._next_read_seq = 1
 
     def _start_read(self, key: bytes, purpose: tuple, deadline: int) -> None:
-        read = PendingRead(key, self._next_read_id, purpose, deadline)
-        self._next_read_id += 1
+        # The incarnation makes the id unique across restarts (R1): replies to
+        # a read of an earlier incarnation, still queued, never match.
+        read_id = (self.incarnation, self._next_read_seq)
+        self._next_read_seq += 1
+        read = PendingRead(key, read_id, purpose, deadline)
         self._reads[read.read_id] = read
         self._broadcast(Read(key, read.read_id))
         read.retry_at = self.now + self.options.round_timeout_ticks

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from replication_test_support import Group, between, none_of, not_, of_type
 
-from kvsvr.replication.messages import Accept, Accepted, Commit, Read, StreamAck, StreamRecords
+from kvsvr.replication.messages import (
+    Accept,
+    Accepted,
+    Commit,
+    Read,
+    ReadReply,
+    StreamAck,
+    StreamRecords,
+)
 from kvsvr.replication.replica import ReplicaOptions
 
 KEY = b"k"
@@ -81,3 +89,29 @@ def test_read_needs_a_majority_of_replies():
     group.run(30)
     assert not group.answered(read)
     assert sum(1 for _, _, m in group.sent if isinstance(m, Read)) > 3  # it kept asking
+
+
+def test_a_read_reply_to_an_earlier_incarnation_is_not_counted_for_a_new_read():
+    """Read ids restart with the node, and a peer link delivers frames queued
+    while the node was down: replies addressed to the previous incarnation's
+    read must not answer the new incarnation's read (R1). Without binding a
+    reply to the exact read it answers, n3 answers v1 after v2 was
+    acknowledged."""
+    group = Group()
+    first = group.put(1, KEY, b"v1")
+    group.run_until(lambda: group.answered(first))
+    group.deliver()
+    read_before_crash = group.get(3, KEY)
+    group.deliver(of_type(Read))
+    stale_replies = group.take(between(None, 3, (ReadReply,)))
+    assert len(stale_replies) == 3 and not group.answered(read_before_crash)
+    group.crash(3)
+    second = group.put(1, KEY, b"v2")
+    group.run_until(lambda: group.answered(second), matches=not_(between(None, 3)))
+    assert group.replies[second] == {"version": 2}
+    group.take(between(None, 3))
+    group.start(3)
+    read = group.get(3, KEY)
+    group.in_flight[:0] = stale_replies  # queued before the crash, delivered first
+    group.run_until(lambda: group.answered(read))
+    assert group.replies[read] == {"value": b"v2", "version": 2}
