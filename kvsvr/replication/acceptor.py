@@ -47,6 +47,7 @@ from kvsvr.replication.core import (
     state_digest,
 )
 from kvsvr.replication.messages import Accept, Accepted, Instance, Prepare, Promise, Ref, Vote
+from kvsvr.replication.peer_input import held_payload_count
 
 
 class Acceptor(ReplicaCore):
@@ -115,10 +116,16 @@ class Acceptor(ReplicaCore):
                 f"R8: ({key!r}, {ballot}, v{instance.first_version}) offered "
                 f"{instance.ref} after {accepted.instance.ref}"
             )
-        if self._payload(instance.ref) is None:
+        payload = self._payload(instance.ref)
+        if payload is None:
             # R4: park; every check above runs again when the payload lands.
             self._park(source, message)
             self._fetch_payload(instance.ref, source)
+            return
+        if held_payload_count(payload) != instance.count:
+            # A parked Accept whose payload, now here, disagrees with it: a
+            # peer's bad input (peer_input.py checks those whose payload was
+            # already here). No vote, no answer.
             return
         if ballot > consensus.promised:
             consensus.promised = ballot

@@ -46,6 +46,7 @@ from kvsvr.limits import DEFAULT_LIMITS, Limits
 from kvsvr.model import value_or_not_found
 from kvsvr.replication.codec import CodecError, decode_message, encode_message
 from kvsvr.replication.messages import STREAM_MESSAGES, Effects, Message
+from kvsvr.replication.peer_input import PeerInputError
 from kvsvr.replication.replica import Replica, ReplicaOptions
 from kvsvr.requests import Get, Ping, Scan
 from kvsvr.server import FrameServer, _Connection
@@ -180,6 +181,9 @@ class ReplicaNode(FrameServer):
         self._next_call_id = 1
         self.syncs = 0
         self.peer_messages_received = 0
+        # Incoming peer links dropped for bad input (an undecodable frame, or
+        # a message that failed the checks of peer_input.py).
+        self.peer_links_dropped = 0
         self._last_heard: dict[int, float] = {}
 
     # -- serving -----------------------------------------------------------------
@@ -335,6 +339,7 @@ class ReplicaNode(FrameServer):
             "incarnation": self.replica.incarnation,
             "syncs": self.syncs,
             "peer_messages_received": self.peer_messages_received,
+            "peer_links_dropped": self.peer_links_dropped,
             "calls_in_flight": len(self._calls),
             "reachable_members": self.reachable_members(),
             # Writes this node coordinated and answered success, by path.
@@ -366,7 +371,10 @@ class ReplicaNode(FrameServer):
                     self.peer_messages_received += 1
                     self._last_heard[source] = trio.current_time()
                     self._step(source, message)
-            except (FrameError, CodecError) as error:
+            except (FrameError, CodecError, PeerInputError) as error:
+                # Bad input from a peer: nothing of it was acted on (the
+                # replica checks a message before it changes anything).
+                self.peer_links_dropped += 1
                 log.warning("dropping the link from n%d: %s", source, error)
                 return
             try:

@@ -25,7 +25,9 @@ own module, which opens with its theory:
 - core.py: what they share (identity, storage, effects, per-key records).
 
 This module assembles them and holds the one dispatch point: `step`
-routes every message to its `on_<message>` handler.
+routes every message to its `on_<message>` handler, once the message has
+passed the checks of peer_input.py (a peer is outside: a message that fails
+them raises PeerInputError before anything changes).
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ from kvsvr.replication.messages import (
     Accept,
     Accepted,
     Commit,
+    DecisionRecord,
     DecisionsReply,
     Effects,
     FetchDecisions,
     FetchPayload,
     FetchState,
+    Instance,
     Message,
+    PayloadRecord,
     PayloadReply,
     Prepare,
     Promise,
@@ -63,6 +68,7 @@ from kvsvr.replication.messages import (
 )
 from kvsvr.replication.options import DEFAULT_OPTIONS, ReplicaOptions
 from kvsvr.replication.payloads import PayloadStore
+from kvsvr.replication.peer_input import PeerInputError, check_message, held_payload_count
 from kvsvr.replication.proposer import Proposer
 from kvsvr.replication.reads import Reads
 from kvsvr.requests import Get, Request, Sync, TableGet, TableRows, Write
@@ -122,7 +128,12 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
         return self._take_effects()
 
     def step(self, source: int, message: Message) -> Effects:
+        """Act on `message` from `source`; PeerInputError (and no change) if it
+        is not a message this replica may act on."""
         assert self.started and source in self.members
+        if source != self.node_id:
+            check_message(message, source, self.members, self.limits)
+            self._check_against_state(message)
         match message:
             case Prepare():
                 self.on_prepare(source, message)
@@ -162,6 +173,83 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
             self._pump_streams()
         return self._take_effects()
 
+    # -- peer input against what this replica knows -----------------------------
+
+    def _check_against_state(self, message: Message) -> None:
+        """What would trip an assertion of the core had an honest peer sent it
+        (peer_input.py): a decision contradicting a known one or another in
+        the same message (invariant 1), a second ref for an accepted (key,
+        ballot, version) (R8), a decided instance whose count disagrees with
+        its payload."""
+        decisions: list[tuple[bytes, Instance]] = []
+        arriving: dict = {}  # ref -> payload, for payloads this message brings
+        match message:
+            case Commit(key=key, instance=instance):
+                decisions.append((key, instance))
+            case Accept(key=key, ballot=ballot, instance=instance, previous=previous):
+                if previous is not None:
+                    decisions.append((key, previous))
+                accepted = self._consensus_of(key).accepted
+                if (
+                    accepted is not None
+                    and (accepted.ballot, accepted.instance.first_version)
+                    == (ballot, instance.first_version)
+                    and accepted.instance != instance
+                ):
+                    raise PeerInputError(f"Accept: R8: a second ref for {key!r} at {ballot}")
+                self._check_count(key, instance)
+            case Promise(key=key, chosen=chosen) | ReadReply(key=key, chosen=chosen) | StateReply(
+                key=key, chosen=chosen
+            ):
+                if chosen is not None:
+                    decisions.append((key, chosen))
+                if isinstance(message, Promise) and message.accepted_payload is not None:
+                    self._check_payload(key, message.accepted.instance.ref, message.accepted_payload)
+            case Accepted(key=key):
+                decisions.extend(
+                    (key, instance)
+                    for instance in (message.decided, message.chosen)
+                    if instance is not None
+                )
+            case DecisionsReply():
+                decisions.extend(message.decisions)
+            case StreamRecords(records=records):
+                for _position, record in records:
+                    if isinstance(record, DecisionRecord):
+                        decisions.append((record.key, record.instance))
+                    elif isinstance(record, PayloadRecord):
+                        self._check_payload(record.key, record.ref, record.payload)
+                        arriving[record.ref] = record.payload
+            case PayloadReply(ref=ref, key=key, payload=payload) if payload is not None:
+                self._check_payload(key, ref, payload)
+        claimed: dict[tuple[bytes, int], Instance] = {}
+        for key, instance in decisions:
+            known = claimed.setdefault((key, instance.first_version), instance)
+            if known == instance:
+                known = self._consensus_of(key).decided_at(instance.first_version)
+            if known is not None and known != instance:
+                raise PeerInputError(
+                    f"a decision for {key!r} v{instance.first_version} contradicts {known}: "
+                    f"{instance}"
+                )
+            self._check_count(key, instance, arriving.get(instance.ref))
+
+    def _check_count(self, key: bytes, instance: Instance, payload: bytes | None = None) -> None:
+        payload = payload or self._payload(instance.ref)
+        if payload is not None and held_payload_count(payload) != instance.count:
+            raise PeerInputError(f"{instance} of {key!r} disagrees with its payload's size")
+
+    def _check_payload(self, key: bytes, ref, payload: bytes) -> None:
+        """A payload arriving for a ref this replica holds a decision or vote on."""
+        consensus = self._consensus_of(key)
+        named = list(consensus.pending.values())
+        if consensus.accepted is not None:
+            named.append(consensus.accepted.instance)
+        count = held_payload_count(payload)
+        for instance in named:
+            if instance.ref == ref and instance.count != count:
+                raise PeerInputError(f"the payload of {ref} disagrees with {instance} of {key!r}")
+
     def pump_streams(self) -> Effects:
         """Send each peer the log records it has not been sent (see
         `ReplicaOptions.stream_pump_each_step`)."""
@@ -186,4 +274,4 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
         return self._take_effects()
 
 
-__all__ = ["Replica", "ReplicaOptions", "ZERO_BALLOT"]
+__all__ = ["PeerInputError", "Replica", "ReplicaOptions", "ZERO_BALLOT"]

@@ -75,6 +75,10 @@ def test_bench_against_a_group_reports_the_fast_path_share(tmp_path):
     assert report["errors"] == {}
     paths = report["writes_by_path"]
     assert sum(paths.values()) == report["operations"]
-    # 20 keys written many times: most writes find their promise already held.
-    assert paths["prepared"] <= 20 * 3 and report["fast_path_share"] > 0.5
+    # Each key is written through its one preferred coordinator, which
+    # prepares once and keeps its promise: however many puts a short run gets
+    # through (few on a busy machine), the prepared ones are bounded by the
+    # keys, not by the run, and every other put took the fast path.
+    assert paths.get("prepared", 0) <= 20 * 3
+    assert paths.get("fast_path", 0) == report["operations"] - paths.get("prepared", 0)
     assert report["fast_path_share"] == round(paths.get("fast_path", 0) / report["operations"], 4)

@@ -109,7 +109,7 @@ def test_r5_stale_promise_not_counted():
     group.deliver(of_type(Prepare))
     held = group.take(of_type(Promise))
     mark = len(group.sent)
-    stale_ballot = (prepare.ballot[0] - 1, *prepare.ballot[1:])
+    stale_ballot = (*prepare.ballot[:2], 2)  # another proposer's ballot, not ours
     for source in (2, 3):
         group.step(source, 1, Promise(KEY, stale_ballot, True, stale_ballot, None, None, None))
     assert not sent_since(group, mark, Accept)
