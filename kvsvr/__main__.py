@@ -161,7 +161,11 @@ def serve(
     )
     if test_only_bug:
         logging.getLogger("kvsvr").warning("TEST-ONLY BUG SWITCHED ON: %s", test_only_bug)
-    node = ReplicaNode(node_id, members, storage, limits, options, tick_seconds=tick_seconds)
+    try:
+        node = ReplicaNode(node_id, members, storage, limits, options, tick_seconds=tick_seconds)
+    except ValueError as error:
+        storage.close()
+        raise click.UsageError(str(error)) from None
     trio.run(run_replica_until_signalled, node)
 
 

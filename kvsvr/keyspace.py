@@ -66,6 +66,14 @@ def table_writes(key: bytes, rows: list) -> list[StorageWrite]:
     return writes
 
 
+# The bytes of the items one scan or row listing answers with (the client
+# pages on with the resume token): with the default 4 MiB frame and 1 MiB
+# values, a page of large values always fits its answer frame.
+ANSWER_ITEMS_MAX_BYTES = 1024 * 1024
+# An item's encoding beyond its byte strings (its version, kind, framing).
+_ITEM_OVERHEAD_BYTES = 32
+
+
 class Keyspace:
     """Reads of the applied state of keys, straight from storage."""
 
@@ -200,23 +208,29 @@ class Keyspace:
 
 
 def _live_items(found, limit, *, decode, item, scanned_all):
-    """Up to `limit` items of the records found, skipping deleted ones.
+    """Up to `limit` items of the records found, skipping deleted ones, and
+    at most ANSWER_ITEMS_MAX_BYTES of them (at least one item), so a page of
+    large values still fits one answer frame.
 
     Returns the items and a resume token (the key just after the last record
     looked at), or None when the range is exhausted.
     """
     items: list = []
+    items_bytes = 0
     last_key = None
     for record_key, stored in found:
         if len(items) == limit:
             return items, last_key + b"\x00"
-        last_key = record_key
         entry = item(record_key, decode(record_key, stored))
         if entry is not None:
+            size = _ITEM_OVERHEAD_BYTES + sum(
+                len(part) for part in entry if isinstance(part, bytes)
+            )
+            if items and items_bytes + size > ANSWER_ITEMS_MAX_BYTES:
+                return items, last_key + b"\x00"
             items.append(entry)
+            items_bytes += size
+        last_key = record_key
     if scanned_all or last_key is None:
         return items, None
     return items, last_key + b"\x00"
-
-
-

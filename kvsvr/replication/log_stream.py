@@ -10,8 +10,8 @@ position lost with an unsynced tail is never reused.
 Sending. For each peer the origin remembers the peer's acknowledged
 position (unknown until the peer acks after our start) and what it has
 sent beyond it. `_pump_streams`, run at the end of every step (or when the shell asks), sends the
-records after what was sent, in batches of `stream_batch_records_max`,
-while no more than `stream_window_records` are unacknowledged. If the ack
+records after what was sent, in batches of `stream_batch_records_max`
+records and `stream_batch_max_bytes` (a larger record goes alone), while no more than `stream_window_records` are unacknowledged. If the ack
 does not move for `stream_retransmit_ticks`, sending starts again from the
 ack (records or acks were lost).
 
@@ -199,7 +199,10 @@ class LogStream(ReplicaCore):
                 and start[1] - stream.acked[1] >= self.options.stream_window_records
             ):
                 continue  # the window is full until the peer acks
-            batch = self._log_records_after(start, self.options.stream_batch_records_max)
+            batch = _bounded_in_bytes(
+                self._log_records_after(start, self.options.stream_batch_records_max),
+                self.options.stream_batch_max_bytes,
+            )
             if not batch:
                 continue
             self._send(peer, StreamRecords(start, batch))
@@ -274,3 +277,22 @@ class LogStream(ReplicaCore):
             ):
                 self._last_ack_tick[origin] = self.now
                 self._send(origin, StreamAck(self._cursors.get(origin, LOG_START)))
+
+
+def record_size_bytes(record: LogRecord) -> int:
+    """A record's bytes in a message, near enough to bound a batch (the
+    fixed part is in options.MESSAGE_OVERHEAD_BYTES)."""
+    if isinstance(record, PayloadRecord):
+        return len(record.payload) + len(record.key) + 64
+    return len(record.key) + 64
+
+
+def _bounded_in_bytes(batch: tuple, size_max_bytes: int) -> tuple:
+    """The longest prefix of `batch` within `size_max_bytes`; at least one record."""
+    total = 0
+    for index, (_position, record) in enumerate(batch):
+        total += record_size_bytes(record)
+        if total > size_max_bytes and index > 0:
+            return batch[:index]
+    return batch
+

@@ -63,9 +63,10 @@ from kvsvr.wire import (
 log = logging.getLogger("kvsvr.replication.node")
 
 CHANNELS = ("consensus", "stream")
-# Frames waiting on one outgoing peer link; past it new messages are dropped
-# (the protocol resends them).
+# Frames, and their bytes, waiting on one outgoing peer link; past either,
+# new messages are dropped (the protocol resends them).
 PEER_QUEUE_MESSAGES_MAX = 10_000
+PEER_QUEUE_MAX_BYTES = 64 * 1024 * 1024
 # Bytes written to a peer link in one send.
 PEER_SEND_BATCH_MAX_BYTES = 1024 * 1024
 # Reconnection backoff for a peer link, doubling from the minimum.
@@ -91,15 +92,21 @@ class _PeerLink:
         self.peer = peer
         self.channel = channel
         self.queue: collections.deque[bytes] = collections.deque()
+        self.queued_bytes = 0
         self.dropped = 0
         self.connected = False
         self._ready = trio.Event()
 
     def send(self, message: Message) -> None:
-        if len(self.queue) >= PEER_QUEUE_MESSAGES_MAX:
+        frame = frame_from_body(encode_message(message))
+        if (
+            len(self.queue) >= PEER_QUEUE_MESSAGES_MAX
+            or self.queued_bytes + len(frame) > PEER_QUEUE_MAX_BYTES
+        ):
             self.dropped += 1
             return
-        self.queue.append(frame_from_body(encode_message(message)))
+        self.queue.append(frame)
+        self.queued_bytes += len(frame)
         self._ready.set()
 
     async def run_forever(self) -> None:
@@ -132,7 +139,9 @@ class _PeerLink:
                 await self._ready.wait()
             chunk = bytearray()
             while self.queue and len(chunk) < PEER_SEND_BATCH_MAX_BYTES:
-                chunk += self.queue.popleft()
+                frame = self.queue.popleft()
+                self.queued_bytes -= len(frame)
+                chunk += frame
             await stream.send_all(chunk)
 
 

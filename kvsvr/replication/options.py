@@ -26,9 +26,13 @@ class ReplicaOptions:
     # Quorum reads retried while an instance above the decided one is open,
     # before the reader runs a recovery round itself.
     read_retries_before_recovery: int = 3
-    # Log records streamed to a peer beyond its ack, and per message.
+    # Log records streamed to a peer beyond its ack, and per message; a
+    # message is also bounded in bytes, so it always fits a frame (a record
+    # larger than the byte bound goes alone: a payload is at most one frame's
+    # worth, `payload_size_max_bytes`).
     stream_window_records: int = 512
     stream_batch_records_max: int = 64
+    stream_batch_max_bytes: int = 1024 * 1024
     # A receiver re-acks each origin this often (how a restarted origin learns
     # where to resume); an origin resends from the ack if nothing moved this long.
     stream_ack_interval_ticks: int = 16
@@ -75,6 +79,40 @@ class ReplicaOptions:
     bug_skip_promise_check: bool = False
     bug_reply_before_sync: bool = False
     bug_read_without_quorum: bool = False
+
+
+# What a peer message holds besides its payload bytes, key and row values:
+# class tags, ballots, refs, instances, positions (a few hundred bytes at
+# most), with room to spare.
+MESSAGE_OVERHEAD_BYTES = 4096
+
+
+def payload_size_max_bytes(limits) -> int:
+    """The largest payload a replica proposes: one that fits a frame as a
+    stream record, a PayloadReply or a Promise, with its key. A client write
+    whose mutation alone is larger is answered `too_large`."""
+    return limits.frame_size_max_bytes - limits.key_size_max_bytes - MESSAGE_OVERHEAD_BYTES
+
+
+def check_consistent(options: ReplicaOptions, limits) -> None:
+    """Refuse limits that contradict each other (STYLE.md §9): every peer
+    message a replica builds must fit the frame its peers accept."""
+    frame = limits.frame_size_max_bytes
+    payload_max = payload_size_max_bytes(limits)
+    needs = {
+        "a client's largest value as a payload": limits.value_size_max_bytes
+        + limits.key_size_max_bytes + MESSAGE_OVERHEAD_BYTES,
+        "batch_payload_max_bytes": options.batch_payload_max_bytes,
+        "stream_batch_max_bytes": options.stream_batch_max_bytes,
+        "a state transfer page and its key's value": options.state_transfer_page_max_bytes
+        + limits.value_size_max_bytes,
+    }
+    for what, size in needs.items():
+        if size > payload_max:
+            raise ValueError(
+                f"{what} ({size} bytes) does not fit a peer frame: frame_size_max_bytes "
+                f"{frame} leaves {payload_max} bytes after a key and message overhead"
+            )
 
 
 DEFAULT_OPTIONS = ReplicaOptions()

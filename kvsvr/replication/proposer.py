@@ -52,7 +52,7 @@ import cbor2
 import crc32c
 
 from kvsvr import model
-from kvsvr.errors import ConditionFailed, KvError, Timeout
+from kvsvr.errors import ConditionFailed, KvError, Timeout, TooLarge
 from kvsvr.replication import durable
 from kvsvr.replication.core import ReplicaCore, votes_after
 from kvsvr.replication.messages import (
@@ -67,6 +67,7 @@ from kvsvr.replication.messages import (
     Promise,
     Ref,
 )
+from kvsvr.replication.options import payload_size_max_bytes
 from kvsvr.requests import Write
 
 
@@ -249,6 +250,13 @@ class Proposer(ReplicaCore):
                 continue
             wire = model.mutation_to_wire(request.mutation)
             size = len(cbor2.dumps(wire))
+            if size > payload_size_max_bytes(self.limits):
+                # It could never travel to a peer in one frame.
+                proposer.queue.popleft()
+                self._reply(write.request_id, TooLarge(
+                    f"the write to {key!r} is {size} bytes encoded; a replicated write holds "
+                    f"at most {payload_size_max_bytes(self.limits)}"))
+                continue
             if batch and payload_bytes + size > self.options.batch_payload_max_bytes:
                 break
             proposer.queue.popleft()

@@ -66,7 +66,7 @@ from kvsvr.replication.messages import (
     StreamRecords,
     StreamTrimmed,
 )
-from kvsvr.replication.options import DEFAULT_OPTIONS, ReplicaOptions
+from kvsvr.replication.options import DEFAULT_OPTIONS, ReplicaOptions, check_consistent
 from kvsvr.replication.payloads import PayloadStore
 from kvsvr.replication.peer_input import PeerInputError, check_message, held_payload_count
 from kvsvr.replication.proposer import Proposer
@@ -88,6 +88,7 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
         limits: Limits = DEFAULT_LIMITS,
         observer: Callable[[str, Any], None] | None = None,
     ):
+        check_consistent(options, limits)  # ValueError: limits that contradict each other
         self._init_core(node_id, members, storage, rng, options, limits, observer)
         self._init_acceptor()
         self._init_catch_up()

@@ -32,8 +32,7 @@ async def wait_until(condition, what: str, seconds: float = WAIT_SECONDS):
 async def local_state(address: str, prefix: bytes) -> dict[bytes, tuple[bytes, int]]:
     """What one node has applied (a scan is served from the node's own state)."""
     async with Client(address) as client:
-        page = await client.scan_page(prefix=prefix)
-    return {item.key: (item.value, item.version) for item in page.items}
+        return {item.key: (item.value, item.version) async for item in client.scan(prefix=prefix)}
 
 
 async def test_every_node_serves_linearizable_reads_of_a_write_made_through_another(group):

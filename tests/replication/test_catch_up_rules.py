@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import cbor2
 import crc32c
-from replication_test_support import Group, between, none_of, of_type
+from replication_test_support import Group, between, none_of, not_, of_type
 
 from kvsvr.replication import durable
 from kvsvr.replication.messages import (
@@ -314,3 +314,46 @@ def test_stream_reads_records_older_than_the_cached_tail_from_the_log():
     group.take(down)
     group.run_until(lambda: group.replica(3).keyspace.key_state(KEY).version == 4)
     assert group.replica(3).keyspace.key_state(KEY).value == b"d"
+
+
+def test_stream_batches_are_bounded_in_bytes_so_every_one_fits_a_frame():
+    """A peer that fell behind on large values is resent its backlog in
+    batches bounded in bytes as well as records: each StreamRecords fits the
+    frame its receiver accepts (16 values of 700 KiB used to go out as frames
+    of up to 7.2 MB against the 4 MiB limit, refused again and again)."""
+    from kvsvr.limits import DEFAULT_LIMITS
+    from kvsvr.replication.codec import encode_message
+
+    group = Group()
+    behind = between(None, 3)
+    value = b"x" * (700 * 1024)
+    for index in range(16):
+        request_id = group.put(1, b"big%d" % index, value)
+        group.run_until(lambda request_id=request_id: group.answered(request_id),
+                        matches=not_(behind))
+    group.take(behind)
+    mark = len(group.sent)
+    group.run_until(
+        lambda: all(group.replica(3).keyspace.key_state(b"big%d" % index).version == 1
+                    for index in range(16))
+    )
+    batches = [message for source, destination, message in group.sent[mark:]
+               if destination == 3 and isinstance(message, StreamRecords) and message.records]
+    assert batches
+    sizes = [len(encode_message(batch)) for batch in batches]
+    assert max(sizes) <= DEFAULT_LIMITS.frame_size_max_bytes, sizes
+    assert any(len(batch.records) > 1 for batch in batches)  # small records still share one
+
+
+def test_limits_that_cannot_fit_a_frame_are_refused_at_start():
+    import random
+
+    import pytest
+
+    from kvsvr.limits import Limits
+    from kvsvr.replication.replica import Replica, ReplicaOptions
+    from kvsvr.storage import MemoryStorage
+
+    limits = Limits(value_size_max_bytes=1024 * 1024, frame_size_max_bytes=1024 * 1024 + 8192)
+    with pytest.raises(ValueError, match="does not fit a peer frame"):
+        Replica(1, (1, 2, 3), MemoryStorage(), random.Random(0), ReplicaOptions(), limits)
