@@ -68,6 +68,9 @@ KEY_ID_SIZE_BYTES = 8
 SECRET_SIZE_MIN_BYTES = 16
 # Current and previous: enough for a rolling rotation, one at a time.
 SECRETS_HELD_MAX = 2
+# What a refusal quotes of a field the stranger chose (it goes to a log line
+# and back on the wire, so it must not be as long as the stranger likes).
+QUOTED_SIZE_MAX_CHARACTERS = 40
 
 
 class HelloRefused(Exception):
@@ -154,6 +157,14 @@ def proof(secret: bytes, label: bytes, hello_transcript: bytes) -> bytes:
     return hmac.digest(secret, label + b"\0" + hello_transcript, "sha256")
 
 
+def quoted(value: object) -> str:
+    """repr(value), cut to QUOTED_SIZE_MAX_CHARACTERS."""
+    text = repr(value)
+    if len(text) <= QUOTED_SIZE_MAX_CHARACTERS:
+        return text
+    return text[: QUOTED_SIZE_MAX_CHARACTERS - 3] + "..."
+
+
 def _bytes_field(message: Mapping, name: str, size: int) -> bytes:
     value = message.get(name)
     if not isinstance(value, bytes) or len(value) != size:
@@ -183,10 +194,10 @@ class AcceptingHandshake:
         source = hello.get("from")
         if isinstance(source, bool) or not isinstance(source, int) or source not in self._members \
                 or source == self._own_id:
-            raise HelloRefused(f"peer hello from a node not in this group: {source!r}")
+            raise HelloRefused(f"peer hello from a node not in this group: {quoted(source)}")
         channel = hello.get("channel")
         if channel not in self._channels:
-            raise HelloRefused(f"peer hello names no channel: {channel!r}")
+            raise HelloRefused(f"peer hello names no channel: {quoted(channel)}")
         self.source, self.channel = source, channel
         if "nonce" not in hello or "keys" not in hello:
             raise HelloRefused("unauthenticated peer hello (no nonce or key ids): "
@@ -212,7 +223,7 @@ class AcceptingHandshake:
         """Check the connecting node's proof; returns its id, now authenticated."""
         assert self._expected is not None and self.source is not None, "proof before the hello"
         if message.get("op") != "peer_proof":
-            raise HelloRefused(f"expected the peer's proof, got {message.get('op')!r}")
+            raise HelloRefused(f"expected the peer's proof, got {quoted(message.get('op'))}")
         given = _bytes_field(message, "proof", PROOF_SIZE_BYTES)
         if not hmac.compare_digest(given, self._expected):
             raise HelloRefused(f"the proof of n{self.source} is wrong "
@@ -261,4 +272,5 @@ __all__ = [
     "cluster_id",
     "key_id",
     "parse_secret",
+    "quoted",
 ]

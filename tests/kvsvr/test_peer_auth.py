@@ -326,3 +326,11 @@ def test_a_huge_secret_file_is_refused(tmp_path):
     path.chmod(0o600)
     with pytest.raises(SecretError, match="one line of hex digits"):
         read_secret_file(str(path))
+
+
+def test_a_refusal_quotes_a_huge_field_cut_short():
+    """What the stranger sent is quoted in the log and on the wire, but never at the
+    length it chose."""
+    with pytest.raises(HelloRefused) as refused:
+        accepting().on_hello({**connecting().hello(), "from": "n" * 1_000_000})
+    assert len(refused.value.reason) < 100 and refused.value.reason.endswith("...")
