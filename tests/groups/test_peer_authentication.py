@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import functools
 import secrets
+import socket
+import time
 
 import pytest
 import trio
 
 from jepsen_tests.nodes import GroupProcesses
-from kvsvr.client import Client
+from kvsvr.client import Client, SyncClient
 from kvsvr.limits import DEFAULT_LIMITS
 from kvsvr.peer_auth import (
     CONNECTING_LABEL,
@@ -31,10 +33,13 @@ from kvsvr.peer_auth import (
     proof,
     transcript,
 )
+from kvsvr.replication.codec import encode_message
+from kvsvr.replication.messages import FetchPayload
 from kvsvr.replication.node import PEER_HELLO_FRAME_SIZE_MAX_BYTES, PEER_HELLO_TIMEOUT_SECONDS
 from kvsvr.secret_file import read_secret_file
-from kvsvr.wire import FrameDecoder, decode_answer, decode_body, encode_frame
+from kvsvr.wire import FrameDecoder, decode_answer, decode_body, encode_frame, frame_from_body
 
+from .peer_links import open_peer_link, say_hello
 from .test_group_processes import wait_until
 
 READ_SECONDS = 10.0
@@ -129,6 +134,37 @@ async def test_an_unauthenticated_peer_hello_is_refused_and_the_node_keeps_servi
     assert await refused_count(group) == before + 1
     assert "refused a peer hello" in group.nodes[1].log_tail()
     await assert_group_serves(group, b"after-unauthenticated")
+
+
+def test_a_member_holding_the_secret_gets_a_link_that_carries_messages(group):
+    """With the secret the hello succeeds, and a frame sent right behind the proof, in
+    the same write (as a member's link may), is read as a peer message."""
+    with SyncClient(group.nodes[1].address) as client:
+        before = client.status()
+        message = frame_from_body(encode_message(FetchPayload(ref=(9, 9, 9, 0))))
+        node = group.nodes[1]
+        with socket.create_connection((node.host, node.port), timeout=READ_SECONDS) as link:
+            link.sendall(say_hello(link, group, target=1, claimed=2, channel="stream") + message)
+            deadline = time.monotonic() + READ_SECONDS
+            while True:
+                status = client.status()
+                if status["peer_messages_received"] > before["peer_messages_received"]:
+                    break
+                assert time.monotonic() < deadline, "the member's message was never received"
+                time.sleep(0.05)
+    assert status["peer_hellos_accepted"] == before["peer_hellos_accepted"] + 1
+    assert status["peer_hellos_refused"] == before["peer_hellos_refused"]
+
+
+def test_the_peer_link_helper_opens_a_link_node_1_accepts(group):
+    """tests/groups/peer_links.py, which hostile-peer tests use, really authenticates."""
+    with SyncClient(group.nodes[1].address) as client:
+        accepted = client.status()["peer_hellos_accepted"]
+        with open_peer_link(group, target=1, claimed=3):
+            deadline = time.monotonic() + READ_SECONDS
+            while client.status()["peer_hellos_accepted"] != accepted + 1:
+                assert time.monotonic() < deadline, "the helper's hello was never accepted"
+                time.sleep(0.05)
 
 
 async def test_a_hello_from_a_node_with_another_secret_is_refused(group):
