@@ -104,6 +104,17 @@ async def open_raw(group: GroupProcesses) -> Raw:
     return Raw(await trio.open_tcp_stream(node.host, node.port))
 
 
+async def challenged_stranger(group: GroupProcesses) -> tuple[Raw, dict, dict]:
+    """A stranger past the first step: it offered the group's key ids (seen on the
+    wire) and got node 1's challenge. Returns the connection, its hello, the challenge."""
+    hello = {**handshake_as(group, STRANGER_SECRET).hello(), "keys": group_secrets(group).key_ids()}
+    raw = await open_raw(group)
+    await raw.send(1, hello)
+    answer = await raw.next_answer()
+    assert answer is not None and "ok" in answer, answer
+    return raw, hello, answer["ok"]
+
+
 async def node_status(group: GroupProcesses, node_id: int = 1) -> dict:
     async with Client(group.nodes[node_id].address) as client:
         return await client.status()
@@ -182,12 +193,8 @@ async def test_a_proof_made_with_a_wrong_secret_is_refused(group):
     """A stranger who saw the group's key id on the wire offers it, gets the challenge,
     and proves with the secret it has: refused, closed, counted."""
     before = await refused_count(group)
-    stranger = handshake_as(group, STRANGER_SECRET)
-    hello = {**stranger.hello(), "keys": group_secrets(group).key_ids()}
-    raw = await open_raw(group)
+    raw, hello, challenge = await challenged_stranger(group)
     async with raw.stream:
-        await raw.send(1, hello)
-        challenge = (await raw.next_answer())["ok"]
         forged = proof(STRANGER_SECRET.current, CONNECTING_LABEL,
                        transcript(cluster_id(members(group)), 2, 1, "consensus", hello["nonce"],
                                   challenge["nonce"]))
@@ -228,11 +235,8 @@ async def test_the_hello_times_out_for_a_client_that_says_hello_and_then_nothing
     """A hello that passes the first step and then never sends its proof holds the
     connection for PEER_HELLO_TIMEOUT_SECONDS, no longer."""
     before = await refused_count(group)
-    raw = await open_raw(group)
+    raw, _, _ = await challenged_stranger(group)
     async with raw.stream:
-        await raw.send(1, {**handshake_as(group, STRANGER_SECRET).hello(),
-                           "keys": group_secrets(group).key_ids()})
-        assert "ok" in await raw.next_answer()
         started = trio.current_time()
         assert f"no proof within {PEER_HELLO_TIMEOUT_SECONDS}s" in await raw.refusal()
         waited = trio.current_time() - started
@@ -245,11 +249,8 @@ async def test_a_large_frame_during_the_hello_is_refused_at_once(group):
     prefix over it (well under the client frame limit) is refused without waiting for
     its bytes or for the timeout."""
     before = await refused_count(group)
-    raw = await open_raw(group)
+    raw, _, _ = await challenged_stranger(group)
     async with raw.stream:
-        await raw.send(1, {**handshake_as(group, STRANGER_SECRET).hello(),
-                           "keys": group_secrets(group).key_ids()})
-        assert "ok" in await raw.next_answer()
         started = trio.current_time()
         await raw.stream.send_all((1024 * 1024).to_bytes(4, "big") + bytes(4) + b"x" * 100)
         message = await raw.refusal()
