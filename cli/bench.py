@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import math
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -303,11 +304,14 @@ async def run_workload(clients: Sequence[Client], workload: Workload, target: st
     if workload.preload:
         preload_seconds = await preload(clients, keys, value, workload.concurrency)
     operations = [workload_operation(client, workload, keys, value) for client in clients]
-    paths_before = await write_path_counts(target)
+    # The status calls use the clients' TLS settings (a node serving TLS
+    # answers nothing else).
+    ssl_context = clients[0].ssl_context if clients else None
+    paths_before = await write_path_counts(target, ssl_context)
     recorder = await drive_closed_loop(
         operations, workload.concurrency, workload.duration_seconds
     )
-    paths_after = await write_path_counts(target)
+    paths_after = await write_path_counts(target, ssl_context)
     write_paths = None
     if paths_before is not None and paths_after is not None:
         write_paths = dict(paths_after - paths_before)
@@ -334,14 +338,14 @@ async def run_workload(clients: Sequence[Client], workload: Workload, target: st
 WRITE_PATH_FIELDS = {"writes_fast_path": "fast_path", "writes_prepared": "prepared"}
 
 
-async def write_path_counts(target: str) -> Counter | None:
+async def write_path_counts(target: str, ssl_context: ssl.SSLContext | None = None) -> Counter | None:
     """The writes every node of the target has coordinated, by path, summed
     from each node's status; None if a node does not report them (a single
     node has no Prepare) or cannot be asked."""
     totals: Counter = Counter()
     for address in target.split(","):
         try:
-            async with Client(address) as client:
+            async with Client(address, ssl_context=ssl_context) as client:
                 status = await client.status()
         except (KvError, OSError):
             return None

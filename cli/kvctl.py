@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -35,6 +36,7 @@ from cli.encoding import (
 from kvsvr.addresses import DEFAULT_ADDRESS, AddressError, parse_address_list
 from kvsvr.client import DEFAULT_TIMEOUT_SECONDS, Client, Page, Row, ScanItem
 from kvsvr.errors import KvError, NotFound
+from kvsvr.tls import client_context
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -94,6 +96,7 @@ Examples:
   kvctl table append room/1 "first message"
   kvctl table sync room/1 --since 0
   KVSVR_CLUSTER=10.0.0.5:7420 kvctl status
+  kvctl --cacert ca.pem status        # a node serving TLS
 """
 
 T = TypeVar("T")
@@ -107,6 +110,7 @@ class Settings:
     json_output: bool
     hex_mode: bool
     timeout_seconds: float
+    cacert: str | None = None  # connect with TLS, trusting these CA certificates
 
     def key(self, text: str, what: str = "KEY") -> bytes:
         return text_to_bytes(text, self.hex_mode, what)
@@ -169,11 +173,14 @@ def run_with_clients(
 ) -> T:
     """Open `count` clients (one connection each), run `operation`, map errors to exits."""
 
+    ssl_context = _tls_context(settings)
+
     async def call() -> tuple[T | None, KvError | None]:
         async with contextlib.AsyncExitStack() as stack:
             clients = [
                 await stack.enter_async_context(
-                    Client(settings.cluster, timeout_seconds=settings.timeout_seconds)
+                    Client(settings.cluster, timeout_seconds=settings.timeout_seconds,
+                           ssl_context=ssl_context)
                 )
                 for _ in range(count)
             ]
@@ -194,6 +201,16 @@ def run_with_clients(
     if error is not None:
         fail(settings, error)
     return result  # type: ignore[return-value]
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The context --cacert asks for; a file that is no CA bundle is a usage error."""
+    if settings.cacert is None:
+        return None
+    try:
+        return client_context(settings.cacert)
+    except (OSError, ssl.SSLError) as error:
+        raise click.BadParameter(f"{settings.cacert}: {error}", param_hint="--cacert") from None
 
 
 def _is_keyboard_interrupt(error: BaseException) -> bool:
@@ -258,6 +275,15 @@ RESUME_OPTION = click.option(
     metavar="HOST:PORT[,HOST:PORT...]",
     help="The node(s) to talk to; tried in order until one connects.",
 )
+@click.option(
+    "--cacert",
+    envvar="KVSVR_CACERT",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Connect with TLS, trusting the CA certificate(s) in FILE (PEM); for nodes "
+    "started with --tls-cert. Without it, connections are plain TCP.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print results (and errors) as JSON.")
 @click.option("--hex", "hex_mode", is_flag=True, help="Keys, values and row ids are hex, in and out.")
 @click.option(
@@ -270,8 +296,8 @@ RESUME_OPTION = click.option(
     help="Deadline for each request; past it the outcome is unknown (exit 5).",
 )
 @click.pass_context
-def main(ctx: click.Context, cluster: str, json_output: bool, hex_mode: bool,
-         timeout_seconds: float) -> None:
+def main(ctx: click.Context, cluster: str, cacert: str | None, json_output: bool,
+         hex_mode: bool, timeout_seconds: float) -> None:
     """Talk to a KVSvr store: read and write keys and tables, check a node.
 
     Start a node first (`kvsvr serve` serves 127.0.0.1:7420 with data in
@@ -281,7 +307,7 @@ def main(ctx: click.Context, cluster: str, json_output: bool, hex_mode: bool,
         parse_address_list(cluster)
     except AddressError as error:
         raise click.BadParameter(str(error), param_hint="--cluster") from None
-    ctx.obj = Settings(cluster, json_output, hex_mode, timeout_seconds)
+    ctx.obj = Settings(cluster, json_output, hex_mode, timeout_seconds, cacert)
 
 
 # -- Key-Value -----------------------------------------------------------------------

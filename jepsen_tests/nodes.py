@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from kvsvr.secret_file import write_secret_file
+
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 _POLL_INTERVAL_SECONDS = 0.02
@@ -120,13 +122,23 @@ class GroupProcesses:
     node's. Groups in different address blocks share no address, so two of
     them (two fault-injection runs) can run at once and a firewall rule
     naming one group's addresses never touches the other.
+
+    The members share a peer secret, `root/peer.secret` (made by the
+    `kvsvr make-secret` code the first time, kept for restarts), or the
+    file `peer_secret_file` names.
     """
 
     def __init__(self, root: Path, members: int = 3, extra_args: tuple[str, ...] = (),
-                 base_port: int | None = None, address_block: int = 0):
+                 base_port: int | None = None, address_block: int = 0,
+                 peer_secret_file: Path | None = None):
         assert members in (3, 5)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        if peer_secret_file is None:
+            peer_secret_file = self.root / "peer.secret"
+            if not peer_secret_file.exists():
+                write_secret_file(str(peer_secret_file))
+        self.peer_secret_file = Path(peer_secret_file)
         self.address_block = address_block
         self.client_host = block_host(address_block, CLIENT_HOST_NUMBER)
         hosts = [block_host(address_block, node_id) for node_id in range(1, members + 1)]
@@ -138,7 +150,8 @@ class GroupProcesses:
                 self.root / f"n{index + 1}",
                 host,
                 port,
-                ("--node-id", str(index + 1), "--group", self.group_text, *extra_args),
+                ("--node-id", str(index + 1), "--group", self.group_text,
+                 "--peer-secret-file", str(self.peer_secret_file), *extra_args),
             )
             for index, host in enumerate(hosts)
         }

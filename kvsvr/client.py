@@ -23,6 +23,12 @@ coordinator, `addresses[crc32c(key) % n]`, so that node keeps the key's
 promise and writes take the one-round-trip fast path; when that node
 can't be reached it tries the next. Routing keys to the right group of a
 cluster replaces `_route` and leaves call sites alone.
+
+TLS: `Client(..., cacert="ca.pem")` (or `ssl_context=`) connects with TLS,
+verifying that each node's certificate chains to the CA and names the
+address dialled. A node serving TLS answers a plain connection with one
+`unavailable` frame (id 0) and closes it, so a client without TLS fails
+at once, with a message saying so (kvsvr/tls.py).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import socket
+import ssl
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -40,6 +47,7 @@ import trio
 from kvsvr.addresses import DEFAULT_ADDRESS, parse_address_list
 from kvsvr.errors import KvError, Timeout, Unavailable, error_from_wire
 from kvsvr.limits import DEFAULT_LIMITS
+from kvsvr.tls import client_context, connect_tls
 from kvsvr.wire import REQUEST_ID_MAX, FrameDecoder, FrameError, decode_answer, encode_frame
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -85,7 +93,7 @@ class Page:
 class _Link:
     """One connection to one node, with requests in flight on it."""
 
-    def __init__(self, address: str, stream: trio.SocketStream, nursery: trio.Nursery):
+    def __init__(self, address: str, stream: trio.abc.Stream, nursery: trio.Nursery):
         self.address = address
         self.stream = stream
         self.broken: KvError | None = None
@@ -149,11 +157,13 @@ class _Link:
         request_id = message["id"]
         if "error" in message and request_id == 0:
             # The node could not read one of our frames, or refused the
-            # connection, and closes. A refusal (`overloaded`) comes before the
-            # node reads a byte, so nothing sent on this connection took effect;
-            # after a framing error, requests in flight have unknown outcomes.
+            # connection, and closes. A refusal (`overloaded`: too many
+            # connections; `unavailable`: TLS only) comes before the node reads
+            # a byte, so nothing sent on this connection took effect; after a
+            # framing error, requests in flight have unknown outcomes.
             error = error_from_wire(message["error"])
-            self._fail(error.message, error if error.code == "overloaded" else None)
+            definite = error.code in ("overloaded", "unavailable")
+            self._fail(error.message, error if definite else None)
             return
         slot = self._waiting.get(request_id)
         if slot is not None:
@@ -189,11 +199,18 @@ class Client:
         *,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         local_address: str | None = None,
+        cacert: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         # local_address: the address connections come from (the fault suite
         # gives clients their own, so cutting node A from node B leaves
         # clients alone).
         self.local_address = local_address
+        # cacert: a PEM file of the CA certificates the nodes' certificates
+        # chain to (connect with TLS); ssl_context: a context made elsewhere.
+        if cacert is not None and ssl_context is not None:
+            raise ValueError("give cacert or ssl_context, not both")
+        self.ssl_context = client_context(cacert) if cacert is not None else ssl_context
         self.addresses = [
             _format(host, port) for host, port in parse_address_list(addresses or DEFAULT_ADDRESS)
         ]
@@ -418,6 +435,8 @@ class Client:
                 except OSError as error:
                     raise Unavailable(f"{address}: {error.strerror or error}") from None
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # frames go at once
+                if self.ssl_context is not None:
+                    stream = await connect_tls(stream, self.ssl_context, host, address)
                 self._links[address] = _Link(address, stream, self._nursery)
                 return self._links[address]
             raise Unavailable(f"{address}: connect timed out")

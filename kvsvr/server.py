@@ -18,7 +18,12 @@ Bounds: `connections_max` open connections (the next is answered
 `connection_outgoing_max_bytes` of unsent answers per connection (past
 either, the reader stops taking requests, so TCP pushes back on the client),
 `commit_queue_ops_max` records waiting for commit (past it writes are
-answered `overloaded`), `frame_size_max_bytes` per frame.
+answered `overloaded`), `frame_size_max_bytes` per frame. Connections
+still in their TLS handshake count towards `connections_max`.
+
+With a TLS context (`kvsvr serve --tls-cert/--tls-key`) every accepted
+connection is wrapped in TLS before its first frame is read (tls.py); a
+connection whose hello says it is a peer is handed over, TLS and all.
 
 A failed write or fsync raises out of the committer and stops the node:
 after a failed fsync the page cache can't be trusted to match the disk.
@@ -30,6 +35,7 @@ import functools
 import logging
 import math
 import signal
+import ssl
 import time
 from collections import defaultdict
 
@@ -40,6 +46,7 @@ from kvsvr.errors import BadRequest, KvError, Overloaded
 from kvsvr.limits import DEFAULT_LIMITS, Limits
 from kvsvr.requests import Status, parse_request
 from kvsvr.storage import Storage
+from kvsvr.tls import TLS_HANDSHAKE_TIMEOUT_SECONDS, accept_tls
 from kvsvr.wire import FrameDecoder, FrameError, answer_frame, decode_body, error_frame
 
 log = logging.getLogger("kvsvr.server")
@@ -48,7 +55,7 @@ log = logging.getLogger("kvsvr.server")
 class _Connection:
     """One client connection: its stream, outgoing buffer and in-flight count."""
 
-    def __init__(self, stream: trio.SocketStream):
+    def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
         self.outgoing = bytearray()
         self.requests_in_flight = 0
@@ -105,17 +112,20 @@ class FrameServer:
     answering at once with `connection.queue(...)` or later (after a sync)
     with `connection.answer_waited(...)` after raising
     `connection.requests_in_flight`. A connection whose first frame is
-    `{"op": "peer", ...}` is handed to `peer_takeover` (replica groups).
+    `{"op": "peer", ...}` is handed to `peer_takeover` (replica groups),
+    still counted in `connections` until the takeover calls `release`.
     """
 
     kind = "frame-server"
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits, tls: ssl.SSLContext | None = None):
         self.limits = limits
+        self.tls = tls
         self.connections: set[_Connection] = set()
         self.started_at = time.monotonic()
         self.listen_addresses: list[str] = []
         self.connections_refused = 0
+        self._connections_opening = 0  # accepted, in their TLS handshake
 
     async def listen(self, nursery: trio.Nursery, host: str, port: int) -> list[str]:
         listeners = await nursery.start(
@@ -131,6 +141,10 @@ class FrameServer:
         """The coroutine function that serves a peer connection, given its hello."""
         raise BadRequest("this node is not in a replica group: no peer connections")
 
+    def release(self, connection: _Connection) -> None:
+        """A taken-over connection stops counting as a client's (an authenticated peer)."""
+        self.connections.discard(connection)
+
     def status_details(self) -> Result:
         return {}
 
@@ -141,11 +155,25 @@ class FrameServer:
             "uptime_seconds": math.floor(time.monotonic() - self.started_at),
             "connections": len(self.connections),
             "connections_refused": self.connections_refused,
+            "tls": self.tls is not None,
             **self.status_details(),
         }
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
-        if len(self.connections) >= self.limits.connections_max:
+    async def _handle_connection(self, tcp_stream: trio.SocketStream) -> None:
+        refused = len(self.connections) + self._connections_opening >= self.limits.connections_max
+        stream: trio.abc.Stream | None = tcp_stream
+        if self.tls is not None:
+            # A refusal is answered inside TLS too, so the client can read it.
+            handshake_seconds = _REFUSAL_SECONDS if refused else TLS_HANDSHAKE_TIMEOUT_SECONDS
+            self._connections_opening += 1
+            try:
+                stream = await accept_tls(tcp_stream, self.tls, handshake_seconds)
+            finally:
+                self._connections_opening -= 1
+            if stream is None:
+                await trio.aclose_forcefully(tcp_stream)
+                return
+        if refused:
             self.connections_refused += 1
             await _refuse(stream, self.limits.connections_max)
             return
@@ -159,7 +187,6 @@ class FrameServer:
                 # The sender finishes once every answer owed has gone out.
                 connection.finish_receiving()
             if takeover is not None:
-                self.connections.discard(connection)
                 await takeover(connection)
         finally:
             connection.closed = True
@@ -224,8 +251,9 @@ class Node(FrameServer):
 
     kind = "single"
 
-    def __init__(self, storage: Storage, limits: Limits = DEFAULT_LIMITS):
-        super().__init__(limits)
+    def __init__(self, storage: Storage, limits: Limits = DEFAULT_LIMITS,
+                 tls: ssl.SSLContext | None = None):
+        super().__init__(limits, tls)
         self.storage = storage
         self.engine = Engine(storage, limits)
         # generation -> [(connection, request id, answer or function computing it)]
@@ -287,9 +315,14 @@ def _answer(request_id: int, answer) -> bytes:
     return answer_frame(request_id, result)
 
 
-async def _refuse(stream: trio.SocketStream, connections_max: int) -> None:
+# How long a refused connection is given to read its refusal (and, with TLS,
+# to finish the handshake that lets it read it).
+_REFUSAL_SECONDS = 1.0
+
+
+async def _refuse(stream: trio.abc.Stream, connections_max: int) -> None:
     error = Overloaded(f"the node serves at most {connections_max} connections; retry later")
-    with trio.move_on_after(1):
+    with trio.move_on_after(_REFUSAL_SECONDS):
         try:
             await stream.send_all(error_frame(0, error))
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -71,6 +71,14 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buffer) - self._offset
 
+    def take_buffered(self) -> bytes:
+        """The bytes fed and not yet taken as frames, removed from this decoder
+        (to hand the rest of a stream to a decoder with another frame limit)."""
+        rest = bytes(self._buffer[self._offset :])
+        self._buffer.clear()
+        self._offset = 0
+        return rest
+
     def next_body(self) -> bytes | None:
         """The next whole frame's body, None if more bytes are needed."""
         buffer = self._buffer

@@ -13,7 +13,14 @@ bytes, keeps time and syncs. It runs:
   (`{"op": "peer", "from": N, "channel": C}`) and writes every queued
   frame in one send. A full queue drops the message: every message is
   retried by the protocol (rounds resend, the stream resends from the ack);
-- incoming peer connections, recognised by that hello on the client port;
+- incoming peer connections, recognised by that hello on the client port.
+  The hello is a challenge-response over the group's secret (peer_auth.py):
+  a link carries nothing, either way, until both ends proved they hold
+  it, and a connection that fails to (no proof, a wrong or replayed one,
+  none within PEER_HELLO_TIMEOUT_SECONDS, a frame over
+  PEER_HELLO_FRAME_SIZE_MAX_BYTES) is closed, logged and counted in
+  `peer_hellos_refused`. With TLS on (`--tls-cert`), links dial with TLS
+  too and check the peer's certificate before saying hello;
 - a ticker calling `replica.tick()` every `tick_seconds`;
 - the streamer: steps do not send log records themselves; after a burst
   of steps (every request and peer message that one wake-up of the event
@@ -36,7 +43,9 @@ import dataclasses
 import functools
 import logging
 import random
+import secrets
 import signal
+import ssl
 
 import trio
 
@@ -44,6 +53,17 @@ from kvsvr.addresses import AddressError, parse_address
 from kvsvr.errors import KvError, Unavailable
 from kvsvr.limits import DEFAULT_LIMITS, Limits
 from kvsvr.model import value_or_not_found
+from kvsvr.peer_auth import (
+    KEY_ID_SIZE_BYTES,
+    NONCE_SIZE_BYTES,
+    PROOF_SIZE_BYTES,
+    AcceptingHandshake,
+    ConnectingHandshake,
+    HelloRefused,
+    PeerSecrets,
+    cluster_id,
+    quoted,
+)
 from kvsvr.replication.codec import CodecError, decode_message, encode_message
 from kvsvr.replication.messages import STREAM_MESSAGES, Effects, Message
 from kvsvr.replication.peer_input import PeerInputError
@@ -51,10 +71,14 @@ from kvsvr.replication.replica import Replica, ReplicaOptions
 from kvsvr.requests import Get, Ping, Scan
 from kvsvr.server import FrameServer, _Connection
 from kvsvr.storage import Storage
+from kvsvr.tls import connect_tls
 from kvsvr.wire import (
+    REQUEST_ID_MAX,
     FrameDecoder,
     FrameError,
     answer_frame,
+    decode_answer,
+    decode_body,
     encode_frame,
     error_frame,
     frame_from_body,
@@ -78,6 +102,22 @@ DEFAULT_TICK_SECONDS = 0.01
 # With fewer than a majority reachable, requests are refused `unavailable`
 # before anything is proposed: a definite failure, not a timeout.
 PEER_ALIVE_SECONDS = 1.0
+# From a peer hello to its proof, and from dialling a peer to sending ours
+# (TLS handshake included): the hello is 1.5 round trips, so this is slack
+# for a loaded machine, and all a stranger can hold a connection open for.
+PEER_HELLO_TIMEOUT_SECONDS = 5.0
+# The largest frame read during the hello (an answer or a proof is about 100
+# bytes); the peer's frame limit applies only once it proved it is a member.
+PEER_HELLO_FRAME_SIZE_MAX_BYTES = 1024
+# How long a refused hello is given to read why.
+PEER_REFUSAL_SECONDS = 1.0
+_HELLO_REQUEST_ID = 1
+_PROOF_REQUEST_ID = 2
+# The hello's largest frame, the challenge, fits the hello's frame limit
+# with room to spare (limits that depend on each other are checked together).
+assert 2 * len(encode_frame({"id": REQUEST_ID_MAX, "ok": {
+    "nonce": bytes(NONCE_SIZE_BYTES), "key": bytes(KEY_ID_SIZE_BYTES),
+    "proof": bytes(PROOF_SIZE_BYTES)}})) <= PEER_HELLO_FRAME_SIZE_MAX_BYTES
 
 
 def channel_of(message: Message) -> str:
@@ -95,6 +135,8 @@ class _PeerLink:
         self.queued_bytes = 0
         self.dropped = 0
         self.connected = False
+        self.hellos_failed = 0
+        self._last_failure: str | None = None
         self._ready = trio.Event()
 
     def send(self, message: Message) -> None:
@@ -114,17 +156,14 @@ class _PeerLink:
         own_host = self.node.group[self.node.node_id][0]
         backoff = PEER_RECONNECT_MIN_SECONDS
         while True:
-            try:
-                stream = await trio.open_tcp_stream(host, port, local_address=own_host)
-            except OSError:
+            stream = await self._open_authenticated(host, port, own_host)
+            if stream is None:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, PEER_RECONNECT_MAX_SECONDS)
                 continue
             backoff = PEER_RECONNECT_MIN_SECONDS
             try:
                 async with stream:
-                    hello = {"id": 1, "op": "peer", "from": self.node.node_id, "channel": self.channel}
-                    await stream.send_all(encode_frame(hello))
                     self.connected = True
                     await self._send_queued(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
@@ -132,7 +171,59 @@ class _PeerLink:
             finally:
                 self.connected = False
 
-    async def _send_queued(self, stream: trio.SocketStream) -> None:
+    async def _open_authenticated(self, host: str, port: int,
+                                  own_host: str) -> trio.abc.Stream | None:
+        """A connection to the peer on which both ends proved they are members of
+        the group; None when none could be made (logged once per new reason)."""
+        try:
+            tcp_stream = await trio.open_tcp_stream(host, port, local_address=own_host)
+        except OSError:
+            return None
+        stream: trio.abc.Stream = tcp_stream
+        try:
+            with trio.fail_after(self.node.peer_hello_timeout_seconds):
+                if self.node.peer_tls is not None:
+                    stream = await connect_tls(tcp_stream, self.node.peer_tls, host, f"n{self.peer}")
+                await self._say_hello(stream)
+        except trio.TooSlowError:
+            failure = f"no answer within {self.node.peer_hello_timeout_seconds}s"
+        except (HelloRefused, KvError) as error:  # KvError: Unavailable (TLS), a bad frame
+            failure = str(error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            failure = f"the connection broke ({error})"
+        else:
+            if self._last_failure is not None:
+                log.info("peer hello to n%d (%s) succeeded", self.peer, self.channel)
+            self._last_failure = None
+            return stream
+        self.hellos_failed += 1
+        level = logging.DEBUG if failure == self._last_failure else logging.WARNING
+        log.log(level, "peer hello to n%d (%s) failed: %s", self.peer, self.channel, failure)
+        self._last_failure = failure
+        await trio.aclose_forcefully(stream)
+        return None
+
+    async def _say_hello(self, stream: trio.abc.Stream) -> None:
+        """The connecting half of the hello (peer_auth.py); raises HelloRefused."""
+        node = self.node
+        handshake = ConnectingHandshake(node.peer_secrets, node.cluster_id, node.node_id,
+                                        self.peer, self.channel, secrets.token_bytes(NONCE_SIZE_BYTES))
+        await stream.send_all(encode_frame({"id": _HELLO_REQUEST_ID, **handshake.hello()}))
+        decoder = FrameDecoder(PEER_HELLO_FRAME_SIZE_MAX_BYTES)
+        body = await receive_body(stream, decoder, PEER_HELLO_FRAME_SIZE_MAX_BYTES)
+        if body is None:
+            raise HelloRefused(f"n{self.peer} closed the connection without answering the hello")
+        answer = decode_answer(body)
+        if "error" in answer:
+            error = answer["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise HelloRefused(f"n{self.peer} refused the hello: {message}")
+        if not isinstance(answer.get("ok"), dict):
+            raise HelloRefused(f"n{self.peer} answered the hello with no challenge")
+        proof = handshake.on_challenge(answer["ok"])
+        await stream.send_all(encode_frame({"id": _PROOF_REQUEST_ID, **proof}))
+
+    async def _send_queued(self, stream: trio.abc.Stream) -> None:
         while True:
             if not self.queue:
                 self._ready = trio.Event()
@@ -158,10 +249,17 @@ class ReplicaNode(FrameServer):
         limits: Limits = DEFAULT_LIMITS,
         options: ReplicaOptions | None = None,
         *,
+        peer_secrets: PeerSecrets,
         tick_seconds: float = DEFAULT_TICK_SECONDS,
         seed: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        peer_tls: ssl.SSLContext | None = None,
+        peer_hello_timeout_seconds: float = PEER_HELLO_TIMEOUT_SECONDS,
     ):
-        super().__init__(limits)
+        # tls serves the port (clients and peers); peer_tls dials the peers.
+        super().__init__(limits, tls)
+        if (tls is None) != (peer_tls is None):
+            raise ValueError("a node serving TLS dials its peers with TLS, and only then")
         if node_id not in group:
             raise ValueError(f"node id {node_id} is not in the group {sorted(group)}")
         if len(group) not in (3, 5):
@@ -169,6 +267,12 @@ class ReplicaNode(FrameServer):
         self.node_id = node_id
         self.group = dict(group)
         self.storage = storage
+        self.peer_secrets = peer_secrets
+        self.cluster_id = cluster_id(self.group)
+        self.peer_tls = peer_tls
+        self.peer_hello_timeout_seconds = peer_hello_timeout_seconds
+        self.peer_hellos_accepted = 0
+        self.peer_hellos_refused = 0
         self.tick_seconds = tick_seconds
         rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(64))
         options = dataclasses.replace(options or ReplicaOptions(), stream_pump_each_step=False)
@@ -339,7 +443,7 @@ class ReplicaNode(FrameServer):
     def status_details(self) -> dict:
         links = {
             f"n{peer}/{channel}": {"connected": link.connected, "queued": len(link.queue),
-                                   "dropped": link.dropped}
+                                   "dropped": link.dropped, "hellos_failed": link.hellos_failed}
             for (peer, channel), link in self._links.items()
         }
         return {
@@ -349,6 +453,8 @@ class ReplicaNode(FrameServer):
             "syncs": self.syncs,
             "peer_messages_received": self.peer_messages_received,
             "peer_links_dropped": self.peer_links_dropped,
+            "peer_hellos_accepted": self.peer_hellos_accepted,
+            "peer_hellos_refused": self.peer_hellos_refused,
             "calls_in_flight": len(self._calls),
             "reachable_members": self.reachable_members(),
             # Writes this node coordinated and answered success, by path.
@@ -363,15 +469,16 @@ class ReplicaNode(FrameServer):
     # -- peers ---------------------------------------------------------------------
 
     def peer_takeover(self, hello: dict):
-        source = hello.get("from")
-        if not isinstance(source, int) or source not in self.group or source == self.node_id:
-            raise Unavailable(f"peer hello from a node not in this group: {source!r}")
-        if hello.get("channel") not in CHANNELS:
-            raise Unavailable(f"peer hello names no channel: {hello.get('channel')!r}")
-        return functools.partial(self._serve_peer, source)
+        return functools.partial(self._serve_peer, hello)
 
-    async def _serve_peer(self, source: int, connection: _Connection) -> None:
-        decoder = connection.decoder or FrameDecoder(self.limits.frame_size_max_bytes)
+    async def _serve_peer(self, hello: dict, connection: _Connection) -> None:
+        accepted = await self._accept_hello(hello, connection)
+        if accepted is None:
+            return
+        source, rest = accepted
+        self.release(connection)
+        decoder = FrameDecoder(self.limits.frame_size_max_bytes)
+        decoder.feed(rest)
         stream = connection.stream
         while True:
             try:
@@ -393,6 +500,68 @@ class ReplicaNode(FrameServer):
             if not data:
                 return
             decoder.feed(data)
+
+
+    async def _accept_hello(self, hello: dict,
+                            connection: _Connection) -> tuple[int, bytes] | None:
+        """The accepting half of the hello (peer_auth.py), bounded in time and
+        bytes: the authenticated peer's id and the bytes it sent past its proof,
+        or None once the connection was refused."""
+        handshake = AcceptingHandshake(self.peer_secrets, self.cluster_id, self.node_id,
+                                       self.group, CHANNELS, secrets.token_bytes(NONCE_SIZE_BYTES))
+        decoder = FrameDecoder(PEER_HELLO_FRAME_SIZE_MAX_BYTES)
+        assert connection.decoder is not None, "a peer hello arrives through the client decoder"
+        decoder.feed(connection.decoder.take_buffered())
+        stream = connection.stream
+        refusal = f"no proof within {self.peer_hello_timeout_seconds}s"
+        with trio.move_on_after(self.peer_hello_timeout_seconds):
+            try:
+                challenge = handshake.on_hello(hello)
+                await stream.send_all(answer_frame(hello["id"], challenge))
+                body = await receive_body(stream, decoder, self.limits.receive_size_max_bytes)
+                if body is None:
+                    raise HelloRefused("the connection closed before the proof")
+                source = handshake.on_proof(decode_body(body))
+            except HelloRefused as error:
+                refusal = error.reason
+            except KvError as error:  # an oversized, broken or undecodable frame
+                refusal = error.message
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                refusal = f"the connection broke ({error})"
+            else:
+                self.peer_hellos_accepted += 1
+                log.info("peer link from n%d (%s) authenticated", source, handshake.channel)
+                return source, decoder.take_buffered()
+        self.peer_hellos_refused += 1
+        log.warning("refused a peer hello from %s (claiming n%s): %s",
+                    _remote_address(stream), quoted(hello.get("from")), refusal)
+        with trio.move_on_after(PEER_REFUSAL_SECONDS):
+            try:
+                await stream.send_all(error_frame(hello["id"], Unavailable(refusal)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        return None
+
+
+async def receive_body(stream: trio.abc.Stream, decoder: FrameDecoder,
+                       receive_size_bytes: int) -> bytes | None:
+    """The next frame's body from the stream, None at its end; FrameError as the decoder raises."""
+    while (body := decoder.next_body()) is None:
+        data = await stream.receive_some(receive_size_bytes)
+        if not data:
+            return None
+        decoder.feed(data)
+    return body
+
+
+def _remote_address(stream: trio.abc.Stream) -> str:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except (AttributeError, OSError):
+        return "an unknown address"
+    return f"{host}:{port}"
 
 
 def parse_group(text: str) -> dict[int, tuple[str, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -88,10 +89,12 @@ async def wait_until_async(condition: Callable[[], bool], what: str,
 
 @contextlib.asynccontextmanager
 async def serving_node(
-    storage: Storage | None = None, limits: Limits = DEFAULT_LIMITS
+    storage: Storage | None = None, limits: Limits = DEFAULT_LIMITS,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[tuple[Node, str]]:
-    """A Node serving on a free loopback port inside this trio run; yields (node, address)."""
-    node = Node(storage if storage is not None else MemoryStorage(), limits)
+    """A Node serving on a free loopback port inside this trio run (with TLS when
+    given a server context); yields (node, address)."""
+    node = Node(storage if storage is not None else MemoryStorage(), limits, tls)
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(node.serve, "127.0.0.1", 0)
         yield node, addresses[0]
