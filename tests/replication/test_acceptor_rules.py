@@ -161,28 +161,22 @@ def test_r5_accepted_echoes_ballot_version_and_ref():
     assert (answer.key, answer.ballot, answer.instance) == (KEY, accept.ballot, accept.instance)
 
 
-def test_r8_second_ref_for_one_ballot_and_version_from_a_peer_is_refused():
-    """Two values for one (key, ballot, version) from a peer is bad input: the
-    step raises PeerInputError (the shell drops the link) and the vote stays."""
+@pytest.mark.parametrize(
+    ("proposer", "error"),
+    [(2, PeerInputError), (1, AssertionError)],
+    ids=["from a peer: bad input", "from ourselves: our bug"],
+)
+def test_r8_a_second_ref_for_one_ballot_and_version_is_never_accepted(proposer, error):
+    """Two values for one (key, ballot, version): from a peer it is bad input
+    (PeerInputError, the shell drops the link); from our own proposer it is
+    our bug, and the acceptor stops. Either way the first vote stays."""
     replica = started_acceptor()
     first, second = payload_of(b"x"), payload_of(b"y")
-    first_ref, second_ref = ref_for(2, 1, first), ref_for(2, 2, second)
+    first_ref, second_ref = ref_for(proposer, 1, first), ref_for(proposer, 2, second)
     give_payload(replica, first_ref, first)
     give_payload(replica, second_ref, second)
-    replica.step(2, Accept(KEY, (1, 1, 2), Instance(1, 1, first_ref), None))
-    with pytest.raises(PeerInputError, match="R8"):
-        replica.step(2, Accept(KEY, (1, 1, 2), Instance(1, 1, second_ref), None))
-    assert replica.consensus_snapshot(KEY).accepted.instance.ref == first_ref
-
-
-def test_r8_second_ref_for_one_ballot_and_version_from_ourselves_asserts():
-    """Our own proposer offering a second value is our bug: the acceptor stops."""
-    replica = started_acceptor()
-    first, second = payload_of(b"x"), payload_of(b"y")
-    first_ref, second_ref = ref_for(1, 1, first), ref_for(1, 2, second)
-    give_payload(replica, first_ref, first)
-    give_payload(replica, second_ref, second)
-    replica.step(1, Accept(KEY, (1, 1, 1), Instance(1, 1, first_ref), None))
-    with pytest.raises(AssertionError, match="R8"):
-        replica.step(1, Accept(KEY, (1, 1, 1), Instance(1, 1, second_ref), None))
+    ballot = (1, 1, proposer)
+    replica.step(proposer, Accept(KEY, ballot, Instance(1, 1, first_ref), None))
+    with pytest.raises(error, match="R8"):
+        replica.step(proposer, Accept(KEY, ballot, Instance(1, 1, second_ref), None))
     assert replica.consensus_snapshot(KEY).accepted.instance.ref == first_ref
