@@ -9,14 +9,22 @@ from one seeded `random.Random`:
 - the network: every message gets a delay (the stream channel and the
   consensus channel have their own ranges; the stream is slower, so
   payloads often arrive after their Accept), and may be dropped,
-  duplicated or reordered; partitions cut one node off for a while;
+  duplicated or reordered. Partitions isolate one node, split the group
+  in two (2|3 on five members), or leave one node bridging two sides cut
+  from each other. A message reaching a node that is down often waits
+  and is delivered to its next incarnation, as the node shell's peer
+  links keep frames queued for a peer that is away (a sender's crash
+  loses what it had queued);
 - storage: a crash keeps a random prefix of the unsynced write batches,
   never a random subset. In *group commit* runs a node syncs once per
   tick, for every step of that tick, and a step's messages wait for that
   sync, in step order (the rule in messages.Effects);
 - crashes: a node crashes at a random moment, between its unsynced writes
-  and the sync, or midway through sending a step's messages, and restarts
-  later from what its storage kept;
+  and the sync, or midway through sending a step's messages, and at
+  protocol moments the replicas report: right after granting a Prepare,
+  after voting, after winning an Accept round (before or after the
+  decision leaves), and while installing a transferred state below a
+  vote it holds. It restarts later from what its storage kept;
 - log retention: in *small log* runs every origin keeps only a few log
   records and collects payloads quickly, so peers fall behind the trimmed
   log and catch up by walks and state transfer (in pages, for tables);
@@ -27,13 +35,17 @@ from one seeded `random.Random`:
   whole tables.
 
 It obeys the effects order exactly as the node shell does: writes, then a
-sync, then messages and replies. After every step it asserts the protocol's
-invariants: one ref per (key, version, ballot) in any Accept; equal bytes
-for a ref everywhere; one decision per (key, version); the same state
-digest for (key, version) on every replica. At the end it heals everything,
-waits for the replicas to converge, reads every key through every node and
-hands the history to the linearizability checker; it also checks that no
-acknowledged write was lost and that every replica holds the same state.
+sync, then messages and replies. While it runs, the oracle
+(simulation_oracle.py) checks the protocol's invariants after every step
+and on every message that leaves a node: among them "chosen" computed from
+the acceptors' votes over the whole run, and acceptors that never forget a
+promise or vote they revealed; a message a replica refuses from its peer as
+bad input is a violation too. At the end it heals everything, waits for
+the replicas to converge, has every member write to every key at once
+(each of those writes, and every final read, must settle: the liveness
+oracle), reads every key through every node and hands the history to the
+linearizability checker; it also checks that no acknowledged write was
+lost and that every replica holds the same state.
 
 `python -m jepsen_tests.simulator --seeds 200` runs seeds 0..199;
 `--seed N` replays one and prints its trace summary. A run depends on its
@@ -50,27 +62,16 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Sequence
 
 from jepsen_tests.checker import Event, Verdict, check_events
-from jepsen_tests.checker.history import HistoryError, Operation
-from jepsen_tests.checker.models import (
-    REJECTED,
-    Model,
-    State,
-    TableAppendModel,
-    Transition,
-)
+from jepsen_tests.checker.versioned_models import CHECKED_MODELS
+from jepsen_tests.simulation_oracle import InvariantViolation, Oracle
 from kvsvr import model
 from kvsvr.errors import ConditionFailed, KvError, NotFound
-from kvsvr.replication.messages import STREAM_MESSAGES, Accept, Effects
-from kvsvr.replication.replica import Replica, ReplicaOptions
+from kvsvr.replication.messages import STREAM_MESSAGES, Effects
+from kvsvr.replication.replica import PeerInputError, Replica, ReplicaOptions
 from kvsvr.requests import Get, Sync, Write
 from kvsvr.storage import MemoryStorage
-
-
-class InvariantViolation(AssertionError):
-    """A protocol invariant broke; the message names it and the seed replays it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,21 @@ class Faults:
     restart_delay_ticks: tuple[int, int] = (5, 60)
     partition_probability_per_tick: float = 0.006
     partition_duration_ticks: tuple[int, int] = (10, 120)
+    # A partition isolates one node, splits the group in two (2|3 on five),
+    # or leaves one node as a bridge between two sides cut from each other.
+    partition_shapes: tuple[str, ...] = ("isolate", "split", "bridge")
+    # A message reaching a node that is down waits in its sender's link and
+    # is delivered to the node's next incarnation, as the node shell's
+    # peer links do (unless the sender crashes first: its queue dies with it).
+    held_across_restart_probability: float = 0.5
+    held_messages_max: int = 256  # per destination
+    # Crashes at protocol moments, right after the step's messages left:
+    # granting a Prepare, voting for an Accept, winning an Accept round,
+    # and installing a state transfer below a vote the replica holds.
+    crash_after_promise_probability: float = 0.01
+    crash_after_vote_probability: float = 0.003
+    crash_after_win_probability: float = 0.01
+    crash_after_state_below_vote_probability: float = 0.5
     # Share of runs in which each node syncs once per tick for all its steps.
     group_commit_run_probability: float = 0.5
     # Share of runs with a tiny log and quick payload collection.
@@ -110,170 +126,6 @@ class Workload:
     settle_ticks_max: int = 3000
 
 
-# -- the sequential specifications the histories are checked against ----------------
-
-
-class VersionedRegisterModel(Model):
-    """A Key-Value key as the store defines it: (version, value), every change +1.
-
-    read -> (version, value or None); write v / delete -> the new version;
-    cas [expected value, new] and cas-version [expected version, new] ->
-    the new version, or fail with the version the condition was checked at.
-    Versions make this stricter than a plain register: an acknowledged write
-    must land exactly one version after the state it follows.
-    """
-
-    name = "versioned-register"
-    functions = ("read", "write", "delete", "cas", "cas-version")
-
-    def initial_state(self) -> State:
-        return (0, None)
-
-    def _transition(self, operation: Operation) -> Transition | None:
-        function, argument, result = operation.function, operation.argument, operation.result
-        known = operation.status == "ok"
-        if function == "read":
-            if not known:
-                return None
-            expected = tuple(result)
-
-            def observe(state: State) -> State:
-                return state if state == expected else REJECTED
-
-            return Transition(observe, is_observation=True)
-        if function in ("write", "delete"):
-            new_value = argument if function == "write" else None
-
-            def change(state: State) -> State:
-                version = state[0] + 1
-                if known and result != version:
-                    return REJECTED
-                return (version, new_value)
-
-            return Transition(change, is_observation=False)
-        expected, new_value = _pair(operation)
-        index = 1 if function == "cas" else 0
-
-        def compare_and_set(state: State) -> State:
-            if state[index] != expected:
-                return REJECTED if known else state
-            version = state[0] + 1
-            if known and result != version:
-                return REJECTED
-            return (version, new_value)
-
-        return Transition(compare_and_set, is_observation=False)
-
-    def _failed_transition(self, operation: Operation) -> Transition | None:
-        if operation.function not in ("cas", "cas-version"):
-            return None
-        expected, _new_value = _pair(operation)
-        index = 1 if operation.function == "cas" else 0
-        checked_version = operation.result
-
-        def saw_otherwise(state: State) -> State:
-            if state[index] == expected or state[0] != checked_version:
-                return REJECTED
-            return state
-
-        return Transition(saw_otherwise, is_observation=True)
-
-    def describe_state(self, state: State) -> str:
-        return f"version {state[0]} holding {state[1]!r}"
-
-
-class VersionedTableAppendModel(TableAppendModel):
-    """Table-append, plus append-if-version: an append only on a table whose
-    version (its number of entries: appends are its only change) is the one
-    expected; failing, it reports the version it saw."""
-
-    name = "versioned-table-append"
-    functions = ("append", "append-if-version", "read", "sync")
-
-    def _transition(self, operation: Operation) -> Transition | None:
-        if operation.function != "append-if-version":
-            return super()._transition(operation)
-        expected_version, entry = _pair(operation)
-        known = operation.status == "ok"
-
-        def append_if(state: State) -> State:
-            if len(state) != expected_version:
-                return REJECTED if known else state
-            return state + (entry,)
-
-        return Transition(append_if, is_observation=False)
-
-    def _failed_transition(self, operation: Operation) -> Transition | None:
-        if operation.function != "append-if-version":
-            return None
-        expected_version, _entry = _pair(operation)
-        seen_version = operation.result
-
-        def saw_otherwise(state: State) -> State:
-            ok = len(state) != expected_version and len(state) == seen_version
-            return state if ok else REJECTED
-
-        return Transition(saw_otherwise, is_observation=True)
-
-    def operations_worth_checking(self, operations: Sequence[Operation]) -> list[Operation]:
-        """Leave out indeterminate appends whose entry no read returned, when
-        a whole-table read began after every determinate append ended.
-
-        An unseen append still moves the version that a failed
-        append-if-version reports, so the plain rule (the parent's) does not
-        hold here. With such a final read it does: had the append taken
-        effect, it comes after that read (which lacks its entry), where only
-        other indeterminate operations can follow, and none of them has a
-        result to check. Without a final read, nothing is left out.
-        """
-        if not any(operation.function == "append-if-version" for operation in operations):
-            return super().operations_worth_checking(operations)
-        appends = ("append", "append-if-version")
-        last_append_ended = max(
-            (
-                operation.completion_time
-                for operation in operations
-                if operation.function in appends and not operation.is_indeterminate
-            ),
-            default=-1,
-        )
-        observed_entries: set = set()
-        final_read = False
-        for operation in operations:
-            if operation.function in appends or operation.status != "ok":
-                continue
-            if operation.function == "sync" and operation.argument not in (None, 0):
-                return list(operations)
-            if isinstance(operation.result, tuple):
-                observed_entries.update(operation.result)
-            final_read = final_read or operation.invoke_time > last_append_ended
-        if not final_read:
-            return list(operations)
-
-        def entry(operation: Operation):
-            return operation.argument if operation.function == "append" else _pair(operation)[1]
-
-        return [
-            operation
-            for operation in operations
-            if not (
-                operation.is_indeterminate
-                and operation.function in appends
-                and entry(operation) not in observed_entries
-            )
-        ]
-
-
-def _pair(operation: Operation) -> tuple:
-    argument = operation.argument
-    if not isinstance(argument, tuple) or len(argument) != 2:
-        raise HistoryError(f"{operation.describe()}: the argument must be [expected, new]")
-    return argument[0], argument[1]
-
-
-CHECKED_MODELS = {"register": VersionedRegisterModel(), "table-append": VersionedTableAppendModel()}
-
-
 # -- the simulation -----------------------------------------------------------------
 
 
@@ -285,6 +137,11 @@ class _Node:
     down_until: int | None = None
     # Group commit: effects of this tick's steps, waiting for the node's sync.
     waiting: list[Effects] = dataclasses.field(default_factory=list)
+    # Messages that reached it while it was down, for its next incarnation.
+    held: list[tuple[int, object]] = dataclasses.field(default_factory=list)
+    # A protocol moment was reached: crash once the step's writes are synced,
+    # "before" its messages leave or "after" they all left.
+    crash_at_release: str | None = None
 
 
 @dataclasses.dataclass
@@ -296,6 +153,8 @@ class _ClientOperation:
     coordinator: int
     deadline: int
     final: bool = False
+    # Issued after the faults healed: it must settle (the liveness oracle).
+    must_settle: bool = False
 
 
 @dataclasses.dataclass
@@ -355,12 +214,9 @@ class Simulation:
         self._network: list = []  # heap of (deliver_at, sequence, source, destination, message)
         self._cut: dict[frozenset, int] = {}  # partitioned pairs -> healed at tick
         self.faults_on = True
-        # invariant records
-        self._accept_refs: dict[tuple, tuple] = {}
-        self._payload_bytes: dict[tuple, bytes] = {}
-        self._decisions: dict[tuple, object] = {}
-        self._digests: dict[tuple, int] = {}
-        self.counters: collections.Counter = collections.Counter()
+        self.oracle = Oracle(members)
+        self.counters: collections.Counter = self.oracle.counters
+        self.unsettled: list[str] = []  # operations after healing that did not settle
         # clients and history
         self._next_request_id = 1
         self._in_flight: dict[int, _ClientOperation] = {}  # request id -> op
@@ -401,8 +257,18 @@ class Simulation:
         )
         node.down_until = None
         node.waiting = []
+        node.crash_at_release = None
         self._carry_out(node, node.replica.start())
         self._flush(node)  # nothing leaves a node before its incarnation is synced (R1)
+        if node.replica is None:
+            return  # it crashed again at that sync
+        self.oracle.restarted(node.node_id, node.replica.consensus_snapshot)
+        held, node.held = node.held, []
+        for source, message in held:
+            self._enqueue(self.now + self.rng.randint(*self.faults.consensus_delay_ticks),
+                          source, node.node_id, message)
+        if held:
+            self.counters["messages_across_a_restart"] += len(held)
 
     def _crash(self, node: _Node, *, lose_unsynced: bool = True) -> None:
         kept = node.storage.unsynced_batch_count
@@ -411,7 +277,11 @@ class Simulation:
         node.storage.crash(kept)
         node.replica = None
         node.waiting = []
+        node.crash_at_release = None
         node.down_until = self.now + self.rng.randint(*self.faults.restart_delay_ticks)
+        for other in self.nodes.values():  # its links' queues die with it
+            other.held = [(source, message) for source, message in other.held
+                          if source != node.node_id]
         self.counters["crashes"] += 1
         self.trace.append((self.now, f"crash n{node.node_id} kept {kept} unsynced batches"))
 
@@ -450,6 +320,10 @@ class Simulation:
 
     def _release(self, node: _Node, effects: Effects) -> None:
         messages = effects.messages
+        if node.crash_at_release == "before":
+            self.counters["crashes_at_protocol_moments"] += 1
+            self._crash(node, lose_unsynced=False)
+            return
         if self.faults_on and messages and self.rng.random() < self._crash_now_probability():
             cut = self.rng.randint(0, len(messages))
             for destination, message in messages[:cut]:
@@ -460,6 +334,9 @@ class Simulation:
             self._send(node.node_id, destination, message)
         for request_id, answer in effects.replies:
             self._on_reply(request_id, answer)
+        if node.crash_at_release == "after" and node.replica is not None:
+            self.counters["crashes_at_protocol_moments"] += 1
+            self._crash(node)
 
     def _pump_streams(self) -> None:
         """Where steps do not pump, every node streams once per round of steps."""
@@ -475,6 +352,8 @@ class Simulation:
     # -- network -----------------------------------------------------------------
 
     def _send(self, source: int, destination: int, message) -> None:
+        # It left after its step's sync: what it reveals is durable.
+        self.oracle.message_sent(source, message)
         if source == destination:
             self._enqueue(self.now, source, destination, message)
             return
@@ -502,59 +381,53 @@ class Simulation:
         while self._network and self._network[0][0] <= self.now:
             _, _, source, destination, message = heapq.heappop(self._network)
             node = self.nodes[destination]
-            if node.replica is None:
-                continue
             if self.faults_on and frozenset((source, destination)) in self._cut:
                 continue
-            self._carry_out(node, node.replica.step(source, message))
+            if node.replica is None:
+                if (
+                    self.faults_on
+                    and source != destination  # a node's messages to itself die with it
+                    and len(node.held) < self.faults.held_messages_max
+                    and self.rng.random() < self.faults.held_across_restart_probability
+                ):
+                    node.held.append((source, message))
+                continue
+            try:
+                effects = node.replica.step(source, message)
+            except PeerInputError as error:
+                raise InvariantViolation(
+                    f"n{destination} refused a message from n{source} as bad input: {error}"
+                ) from error
+            self._carry_out(node, effects)
 
-    # -- invariants ----------------------------------------------------------------
+    # -- what the replicas report, and crashes at protocol moments -----------------
 
     def _observe(self, event: str, details) -> None:
-        if event == "accept_sent":
-            node_id, accept = details
-            self._check_accept(accept)
+        self.oracle.observe(event, details)
+        if not self.faults_on:
+            return
+        faults = self.faults
+        if event == "promised":
+            probability = faults.crash_after_promise_probability
         elif event == "accepted":
-            node_id, key, ballot, instance = details
-            self._check_accept(Accept(key, ballot, instance, None))
-        elif event == "decided":
-            node_id, key, instance = details
-            previous = self._decisions.setdefault((key, instance.first_version), instance)
-            if previous != instance:
-                raise InvariantViolation(
-                    f"two decisions for {key!r} v{instance.first_version}: "
-                    f"{previous} and {instance} (learned at n{node_id})"
-                )
-        elif event == "applied":
-            node_id, key, version, digest = details
-            previous = self._digests.setdefault((key, version), digest)
-            if previous != digest:
-                raise InvariantViolation(
-                    f"replicas differ on {key!r} at v{version} (n{node_id} disagrees)"
-                )
-        elif event == "payload":
-            ref, payload = details
-            previous = self._payload_bytes.setdefault(ref, payload)
-            if previous != payload:
-                raise InvariantViolation(f"ref {ref} names two different payloads")
-        elif event == "parked":
-            self.counters["accepts_before_their_payload"] += 1
+            probability = faults.crash_after_vote_probability
+        elif event == "won":
+            probability = faults.crash_after_win_probability
         elif event == "state_installed":
-            self.counters["state_transfers"] += 1
-        elif event == "walk_started":
-            self.counters["walks_after_trimmed_log"] += 1
-        elif event == "log_trimmed":
-            self.counters["log_trims"] += 1
-        elif event == "reproposed":
-            self.counters["batches_proposed_again"] += 1
-
-    def _check_accept(self, accept: Accept) -> None:
-        name = (accept.key, accept.ballot, accept.instance.first_version)
-        previous = self._accept_refs.setdefault(name, accept.instance.ref)
-        if previous != accept.instance.ref:
-            raise InvariantViolation(
-                f"two refs for {accept.key!r} v{accept.instance.first_version} at ballot "
-                f"{accept.ballot}: {previous} and {accept.instance.ref}"
+            node_id, key, version = details
+            vote = self.nodes[node_id].replica.consensus_snapshot(key).accepted
+            if vote is None or vote.instance.first_version <= version:
+                return
+            self.counters["states_installed_below_a_vote"] += 1
+            probability = faults.crash_after_state_below_vote_probability
+        else:
+            return
+        if self.rng.random() < probability:
+            node = self.nodes[details[0]]
+            node.crash_at_release = self.rng.choice(("before", "after"))
+            self.trace.append(
+                (self.now, f"n{node.node_id} crashes {node.crash_at_release} this step's "
+                           f"messages leave: {event}")
             )
 
     # -- clients -------------------------------------------------------------------
@@ -608,11 +481,12 @@ class Simulation:
         return self.rng.choice(self.member_ids)
 
     def _issue(self, process: int, function: str, key: str, argument, coordinator: int,
-               final: bool = False) -> None:
+               final: bool = False, must_settle: bool = False) -> None:
         request_id = self._next_request_id
         self._next_request_id += 1
         operation = _ClientOperation(process, function, key, argument, coordinator,
-                                     self.now + self.workload.client_deadline_ticks, final)
+                                     self.now + self.workload.client_deadline_ticks, final,
+                                     must_settle)
         self._busy.add(process)
         self._in_flight[request_id] = operation
         self._record(process, "invoke", function, key, argument)
@@ -657,6 +531,12 @@ class Simulation:
             *self.workload.think_ticks
         )
         function, key, process = operation.function, operation.key, operation.process
+        if operation.must_settle and isinstance(answer, KvError) and not isinstance(
+            answer, (ConditionFailed, NotFound)
+        ):
+            self.unsettled.append(
+                f"{function} {key} through n{operation.coordinator}: {type(answer).__name__}"
+            )
         if isinstance(answer, KvError):
             if answer.version is not None:
                 self._versions_seen[key] = max(self._versions_seen[key], answer.version)
@@ -690,6 +570,11 @@ class Simulation:
             if operation.deadline <= self.now:
                 del self._in_flight[request_id]
                 self._busy.discard(operation.process)
+                if operation.must_settle:
+                    self.unsettled.append(
+                        f"{operation.function} {operation.key} through n{operation.coordinator}: "
+                        f"no answer"
+                    )
                 kind = "fail" if operation.function == "read" else "info"
                 self._record(operation.process, kind, operation.function, operation.key,
                              operation.argument)
@@ -710,12 +595,38 @@ class Simulation:
             if healed_at <= self.now:
                 del self._cut[pair]
         if self.rng.random() < faults.partition_probability_per_tick:
-            isolated = self.rng.choice(self.member_ids)
-            until = self.now + self.rng.randint(*faults.partition_duration_ticks)
-            for other in self.member_ids:
-                if other != isolated:
-                    self._cut[frozenset((isolated, other))] = until
-            self.trace.append((self.now, f"partition isolates n{isolated} until {until}"))
+            self._partition(self.rng.choice(faults.partition_shapes))
+
+    def _partition(self, shape: str) -> None:
+        """Cut every pair across two sides, until a drawn tick.
+
+        isolate: one node | the rest; split: a random cut (2|3 or 1|4 on
+        five); bridge: one node keeps its links to both sides, which are cut
+        from each other (each side may then hear of the other only through it).
+        """
+        members = list(self.member_ids)
+        self.rng.shuffle(members)
+        bridge = None
+        if shape == "isolate":
+            sides = (members[:1], members[1:])
+        elif shape == "split":
+            cut = self.rng.randint(1, len(members) // 2)
+            sides = (members[:cut], members[cut:])
+        else:
+            bridge, rest = members[0], members[1:]
+            cut = self.rng.randint(1, len(rest) // 2)
+            sides = (rest[:cut], rest[cut:])
+        until = self.now + self.rng.randint(*self.faults.partition_duration_ticks)
+        for one in sides[0]:
+            for other in sides[1]:
+                self._cut[frozenset((one, other))] = max(
+                    until, self._cut.get(frozenset((one, other)), 0)
+                )
+        shown = " | ".join(",".join(f"n{node}" for node in sorted(side)) for side in sides)
+        if bridge is not None:
+            shown += f" (n{bridge} bridges)"
+        self.counters[f"partitions_{shape}"] += 1
+        self.trace.append((self.now, f"partition {shown} until {until}"))
 
     def _heal(self) -> None:
         self.faults_on = False
@@ -756,8 +667,14 @@ class Simulation:
                 self._tick()
             self._heal()
             self._settle()
+            self._contend_after_healing()
             self._final_reads()
             problems.extend(self._check_convergence())
+            if self.unsettled:
+                problems.append(
+                    f"liveness: {len(self.unsettled)} operations issued after healing did "
+                    f"not settle: {'; '.join(self.unsettled[:4])}"
+                )
         except InvariantViolation as violation:
             problems.append(f"invariant: {violation}")
         except AssertionError as violation:
@@ -794,15 +711,34 @@ class Simulation:
                 return False
         return True
 
+    def _contend_after_healing(self) -> None:
+        """The liveness oracle's load: with every fault healed, each member
+        coordinates a write to each key at once. Coordinators duel for every
+        key; with backoff (R6) each write must settle before its deadline."""
+        function = "append" if self.workload.model == "table-append" else "write"
+        processes = []
+        for index in range(self.workload.keys):
+            for node_id in self.member_ids:
+                process = self.workload.clients + len(self.member_ids) * (index + 1) + node_id
+                processes.append(process)
+                self._sequence += 1
+                self._issue(process, function, f"k{index}", f"v{self._sequence}", node_id,
+                            must_settle=True)
+        self._tick_while_busy(processes)
+
     def _final_reads(self) -> None:
         for index in range(self.workload.keys):
             for node_id in self.member_ids:
                 process = self.workload.clients + node_id
-                self._issue(process, "read", f"k{index}", None, node_id, final=True)
-                for _ in range(self.workload.client_deadline_ticks):
-                    if process not in self._busy:
-                        break
-                    self._tick()
+                self._issue(process, "read", f"k{index}", None, node_id, final=True,
+                            must_settle=True)
+                self._tick_while_busy([process])
+
+    def _tick_while_busy(self, processes) -> None:
+        for _ in range(self.workload.client_deadline_ticks + 1):
+            if not self._busy.intersection(processes):
+                return
+            self._tick()
 
     def _check_convergence(self) -> list[str]:
         problems = []
@@ -825,6 +761,60 @@ class Simulation:
                     f"{max(versions)}: an acknowledged write was lost"
                 )
         return problems
+
+
+# Every rule of docs/replication.md broken by a realistic one-line mistake
+# (ReplicaOptions.bug_*), the group size it is run with, and what the first
+# problem the simulator reports must say. R6 is a liveness rule: three coordinators duelling on three
+# members still get through without backoff, five do not.
+PLANTED_BUGS = [
+    ("bug_incarnation_not_raised", "R1", 3, "log position"),
+    ("bug_promise_inferred_after_restart", "R2", 3, "two refs"),
+    ("bug_delete_forgets_version", "R3", 3, "did not converge"),
+    ("bug_parked_accept_not_rechecked", "R4", 3, "two instances chosen"),
+    ("bug_accepted_counted_by_ballot", "R5", 3, "with the votes of"),
+    ("bug_no_backoff", "R6", 5, "liveness:"),
+    ("bug_condition_failed_unconfirmed", "R7", 3, "not linearizable"),
+    ("bug_round_given_up_keeps_promise", "R8", 3, "two refs"),
+    ("bug_rejected_writes_requeued", "R9", 3, "not linearizable"),
+    ("bug_read_not_waiting_apply", "R10", 3, "not linearizable"),
+    ("bug_vote_payload_unpinned", "R11", 3, "did not converge"),
+    ("bug_state_transfer_resets_acceptor", "R12", 3, "a promise it revealed was forgotten"),
+    ("bug_apply_past_a_gap", "invariant 4", 3, "replicas differ"),
+    ("bug_promise_not_synced", "replies after sync", 3, "a promise it revealed was forgotten"),
+    ("bug_skip_promise_check", "Accept below the promise", 3, "two instances chosen"),
+    ("bug_reply_before_sync", "replies after sync", 3, "a vote it revealed was forgotten"),
+    ("bug_read_without_quorum", "linearizable reads", 3, "not linearizable"),
+]
+
+
+
+
+def first_failure_with(bug: str, members: int, seeds: int) -> RunResult | None:
+    """The first of seeds 0..seeds-1 whose run fails with the planted `bug` on."""
+    options = dataclasses.replace(ReplicaOptions(), **{bug: True})
+    for seed in range(seeds):
+        result = Simulation(seed, members=members, options=options).run()
+        if not result.passed:
+            return result
+    return None
+
+
+def print_planted_bugs(seeds: int) -> int:
+    """Run every planted bug; print the seeds each took and the check that fired."""
+    missed = 0
+    print("| bug | rule | members | seeds | check that fired |")
+    print("|---|---|---|---|---|")
+    for bug, rule, members, _found in PLANTED_BUGS:
+        result = first_failure_with(bug, members, seeds)
+        if result is None:
+            missed += 1
+            print(f"| `{bug}` | {rule} | {members} | not caught in {seeds} | |", flush=True)
+            continue
+        problem = result.problems[0]
+        shown = problem if len(problem) <= 110 else problem[:107] + "..."
+        print(f"| `{bug}` | {rule} | {members} | {result.seed + 1} | {shown} |", flush=True)
+    return 1 if missed else 0
 
 
 def run_seeds(seeds, **settings) -> list[RunResult]:
@@ -855,7 +845,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operations", type=int, default=Workload.operations)
     parser.add_argument("--keys", type=int, default=Workload.keys)
     parser.add_argument("--workload", choices=tuple(CHECKED_MODELS), default="register")
+    parser.add_argument("--planted-bugs", action="store_true",
+                        help="run every planted bug (seeds 0..N-1 each, N from --seeds) and "
+                             "print which check caught it and after how many seeds")
     arguments = parser.parse_args(argv)
+    if arguments.planted_bugs:
+        return print_planted_bugs(arguments.seeds)
     workload = Workload(
         model=arguments.workload, operations=arguments.operations, keys=arguments.keys
     )

@@ -65,7 +65,12 @@ class Acceptor(ReplicaCore):
         granted = message.ballot >= consensus.promised
         if granted and message.ballot > consensus.promised:
             consensus.promised = message.ballot
-            self._save(key)
+            if self.options.bug_promise_not_synced:
+                self._unsaved_keys[key] = None  # written, but the Promise need not wait
+            else:
+                self._save(key)
+        if granted:
+            self.observer("promised", (self.node_id, key, message.ballot))
         accepted = consensus.accepted
         payload = None if accepted is None else self._payload(accepted.instance.ref)
         self._send(
@@ -81,7 +86,7 @@ class Acceptor(ReplicaCore):
             ),
         )
 
-    def on_accept(self, source: int, message: Accept) -> None:
+    def on_accept(self, source: int, message: Accept, resumed: bool = False) -> None:
         key, ballot, instance = message.key, message.ballot, message.instance
         if message.previous is not None:
             self.learn_decision(key, message.previous)
@@ -99,7 +104,10 @@ class Acceptor(ReplicaCore):
             # already_chosen(v, ref): name what won v, not only the newest decision (R9).
             answer("already_chosen", consensus.decided_at(instance.first_version))
             return
-        if ballot < consensus.promised and not self.options.bug_skip_promise_check:
+        skip_promise_check = self.options.bug_skip_promise_check or (
+            resumed and self.options.bug_parked_accept_not_rechecked
+        )
+        if ballot < consensus.promised and not skip_promise_check:
             answer("rejected")
             return
         assert instance.first_version == consensus.chosen_version + 1, (
@@ -150,7 +158,7 @@ class Acceptor(ReplicaCore):
         parked = self._parked.pop(ref, ())
         self._parked_count -= len(parked)
         for source, accept in parked:
-            self.on_accept(source, accept)
+            self.on_accept(source, accept, resumed=True)
         self._fetch_done(("payload", ref))
         self._advance(key)
 
@@ -191,6 +199,8 @@ class Acceptor(ReplicaCore):
                 del consensus.pending[first_version]
                 progressed = True
             instance = consensus.pending.get(state.version + 1)
+            if instance is None and self.options.bug_apply_past_a_gap and consensus.pending:
+                instance = consensus.pending[min(consensus.pending)]
             if instance is None:
                 break
             payload = self._payload(instance.ref)
@@ -208,6 +218,8 @@ class Acceptor(ReplicaCore):
             for mutation in mutations:
                 applied = model.apply(state, mutation)
                 writes.extend(keyspace.applied_writes(key, applied))
+                if self.options.bug_delete_forgets_version and isinstance(mutation, model.Delete):
+                    writes.append(("keys", key, None))
                 state = applied.state
             del consensus.pending[instance.first_version]
             self._write(writes)

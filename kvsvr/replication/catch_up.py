@@ -53,6 +53,7 @@ from kvsvr.replication.core import (
     state_digest,
 )
 from kvsvr.replication.messages import (
+    ZERO_BALLOT,
     DecisionsReply,
     FetchDecisions,
     FetchPayload,
@@ -247,6 +248,8 @@ class CatchUp(ReplicaCore):
                 "applied", (self.node_id, key, installed.version, state_digest(self, key))
             )
         consensus = self._consensus_of(key)
+        if self.options.bug_state_transfer_resets_acceptor:
+            consensus.promised, consensus.accepted = ZERO_BALLOT, None
         if chosen is not None:
             self.learn_decision(key, chosen)
         for first_version in [v for v in consensus.pending if v <= installed.version]:

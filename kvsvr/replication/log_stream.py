@@ -121,7 +121,9 @@ class LogStream(ReplicaCore):
         return self._log_trimmed_through
 
     def _append_log(self, position: LogPosition, record: LogRecord) -> None:
-        assert position > self._log_last
+        assert position > self._log_last, (
+            f"log position {position} is not after the last one, {self._log_last}"
+        )
         self._log_last = position
         self._log_record_count += 1
         self._write(

@@ -74,11 +74,26 @@ class ReplicaOptions:
     # Mutations merged into one instance, and the payload bytes they may total.
     batch_mutations_max: int = 128
     batch_payload_max_bytes: int = 1024 * 1024
-    # Planted bugs: each switches off one safety rule, for the tests that show
-    # the simulator finds the violation. Never set outside those tests.
-    bug_skip_promise_check: bool = False
-    bug_reply_before_sync: bool = False
-    bug_read_without_quorum: bool = False
+    # Planted bugs: each breaks one rule with a realistic mistake, for the
+    # tests that show the simulator alone finds the violation
+    # (docs/replication.md, "Planted bugs"). Never set outside those tests.
+    bug_incarnation_not_raised: bool = False  # R1: a restart reuses its incarnation
+    bug_promise_inferred_after_restart: bool = False  # R2: own ballot taken from the acceptor
+    bug_delete_forgets_version: bool = False  # R3: a delete drops the key's record
+    bug_parked_accept_not_rechecked: bool = False  # R4: a parked Accept skips the promise check
+    bug_accepted_counted_by_ballot: bool = False  # R5: replies matched on the ballot only
+    bug_no_backoff: bool = False  # R6: a lost round is retried at once
+    bug_condition_failed_unconfirmed: bool = False  # R7: no quorum read before condition_failed
+    bug_round_given_up_keeps_promise: bool = False  # R8: a new ref under a round's ballot
+    bug_rejected_writes_requeued: bool = False  # R9: proposed again before a decision
+    bug_read_not_waiting_apply: bool = False  # R10: a read served below its target version
+    bug_vote_payload_unpinned: bool = False  # R11: a voted-for payload may be collected
+    bug_state_transfer_resets_acceptor: bool = False  # R12: installing drops promise and vote
+    bug_apply_past_a_gap: bool = False  # invariant 4: a later instance applied over a gap
+    bug_promise_not_synced: bool = False  # a Promise leaves before its promise is synced
+    bug_skip_promise_check: bool = False  # an Accept below the promise is accepted
+    bug_reply_before_sync: bool = False  # no reply waits for its sync
+    bug_read_without_quorum: bool = False  # reads answered from the local store
 
 
 # What a peer message holds besides its payload bytes, key and row values:

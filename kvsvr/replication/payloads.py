@@ -88,7 +88,11 @@ class PayloadStore(ReplicaCore):
 
     def _payload_pinned(self, key: bytes, ref: Ref) -> bool:
         consensus = self._consensus_of(key)
-        if consensus.accepted is not None and consensus.accepted.instance.ref == ref:
+        if (
+            consensus.accepted is not None
+            and consensus.accepted.instance.ref == ref
+            and not self.options.bug_vote_payload_unpinned
+        ):
             return True
         if any(instance.ref == ref for instance in consensus.pending.values()):
             return True

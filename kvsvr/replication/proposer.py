@@ -133,6 +133,10 @@ class Proposer(ReplicaCore):
         proposer = self._proposers.get(key)
         if proposer is None:
             proposer = self._proposers[key] = KeyProposer()
+            if self.options.bug_promise_inferred_after_restart:
+                promised = self._consensus_of(key).promised
+                if promised[2] == self.node_id:
+                    proposer.ballot = promised
         self._proposers_ticking[key] = None
         return proposer
 
@@ -242,7 +246,9 @@ class Proposer(ReplicaCore):
                 if batch:
                     break  # checked against a state this batch made: next instance
                 proposer.queue.popleft()
-                if isinstance(error, ConditionFailed):
+                if isinstance(error, ConditionFailed) and not (
+                    self.options.bug_condition_failed_unconfirmed
+                ):
                     # R7: answered only once a quorum confirms this is the newest state.
                     self._start_read(key, ("confirm", write, state.version), write.deadline)
                 else:
@@ -310,7 +316,10 @@ class Proposer(ReplicaCore):
             proposer is None
             or proposer.phase != "accepting"
             or message.ballot != proposer.accept.ballot
-            or message.instance != proposer.accept.instance
+            or (
+                message.instance != proposer.accept.instance
+                and not self.options.bug_accepted_counted_by_ballot
+            )
         ):
             return  # stale or about another value (R5)
         if message.outcome == "accepted":
@@ -325,10 +334,14 @@ class Proposer(ReplicaCore):
         proposer.ballot = None
         if message.outcome == "rejected":
             self._lose_round(proposer)
+            if self.options.bug_rejected_writes_requeued:
+                for _ref, writes in proposer.proposed.pop(message.instance.first_version, ()):
+                    proposer.queue.extendleft(reversed(writes))
         self._drive(key)
 
     def _on_chosen(self, key: bytes, proposer: KeyProposer) -> None:
         instance = proposer.accept.instance
+        self.observer("won", (self.node_id, key, proposer.accept.ballot, instance))
         proposer.phase = "idle"
         proposer.accept = None
         for peer in self.peers:
@@ -365,13 +378,16 @@ class Proposer(ReplicaCore):
     def _lose_round(self, proposer: KeyProposer) -> None:
         """R6: back off a random, exponentially growing number of ticks."""
         proposer.phase = "idle"
-        proposer.ballot = None
+        if not self.options.bug_round_given_up_keeps_promise:
+            proposer.ballot = None
         proposer.lost_rounds += 1
         ceiling = min(
             self.options.backoff_max_ticks,
             self.options.backoff_base_ticks * 2 ** min(proposer.lost_rounds, 16),
         )
         proposer.backoff_until = self.now + self.rng.randint(1, ceiling)
+        if self.options.bug_no_backoff:
+            proposer.backoff_until = self.now
 
     def _on_proposers_tick(self) -> None:
         for key in list(self._proposers_ticking):

@@ -116,7 +116,10 @@ class Reads(ReplicaCore):
                     self._drive(read.key)
                 return
         read.target_version = decided_version
-        if self._applied_version(read.key) >= decided_version:
+        if (
+            self._applied_version(read.key) >= decided_version
+            or self.options.bug_read_not_waiting_apply
+        ):
             self._finish_read(read)
         else:
             self._reads_waiting_apply[read.key].append(read)

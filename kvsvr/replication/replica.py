@@ -105,6 +105,8 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
         stored = self.storage.get("meta", durable.INCARNATION_KEY)
         previous = 0 if stored is None else decode_int(stored, durable.INCARNATION_KEY)
         self.incarnation = previous + 1
+        if self.options.bug_incarnation_not_raised:
+            self.incarnation = max(previous, 1)
         self._write([("meta", durable.INCARNATION_KEY, encode_value(self.incarnation))])
         self._load_log_state()
         self._load_walks()
