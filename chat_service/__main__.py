@@ -20,7 +20,7 @@ import uuid
 import click
 import trio
 
-from kvsvr.addresses import AddressError, parse_address, parse_address_list
+from kvsvr.protocol.addresses import AddressError, parse_address, parse_address_list
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 STORE_TIMEOUT_SECONDS = 3.0

@@ -39,7 +39,7 @@ from chat_service.service import (
     Snapshot,
 )
 from chat_service.store import StoreUnavailable
-from kvsvr.errors import KvError, TooLarge
+from kvsvr.protocol.errors import KvError, TooLarge
 
 Identifier = Field(pattern=IDENTIFIER_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")
 

@@ -85,7 +85,7 @@ from chat_service.store import (
     with_retries,
 )
 from kvsvr.client import Client
-from kvsvr.errors import ConditionFailed, KvError
+from kvsvr.protocol.errors import ConditionFailed, KvError
 
 log = logging.getLogger("chat_service.fanout")
 

@@ -37,7 +37,7 @@ import trio
 from chat_service import keys
 from chat_service.store import table_version
 from kvsvr.client import Client
-from kvsvr.errors import KvError
+from kvsvr.protocol.errors import KvError
 
 log = logging.getLogger("chat_service.notify")
 

@@ -39,7 +39,7 @@ import trio
 
 from chat_service import keys
 from kvsvr.client import Client
-from kvsvr.errors import KvError
+from kvsvr.protocol.errors import KvError
 
 
 @dataclasses.dataclass(frozen=True)

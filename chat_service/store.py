@@ -1,7 +1,7 @@
 """Talking to the store: reads with versions, retries with deadlines, write-once.
 
 Theory of operation. The store answers every call one of three ways
-(kvsvr/errors.py): done; definitely not done (`ConditionFailed`,
+(kvsvr/protocol/errors.py): done; definitely not done (`ConditionFailed`,
 `NotFound`, `Unavailable`, `Overloaded`, ...); or `Timeout`, *outcome
 unknown*. chat_service turns them into two rules:
 
@@ -35,7 +35,14 @@ import random
 import trio
 
 from kvsvr.client import Client
-from kvsvr.errors import ConditionFailed, KvError, NotFound, Overloaded, Timeout, Unavailable
+from kvsvr.protocol.errors import (
+    ConditionFailed,
+    KvError,
+    NotFound,
+    Overloaded,
+    Timeout,
+    Unavailable,
+)
 
 # Backoff between retries of an unavailable or overloaded store: doubling
 # from the minimum, with jitter so instances don't retry in lockstep.

@@ -35,9 +35,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from kvsvr.client import Client
-from kvsvr.errors import KvError
-from kvsvr.limits import DEFAULT_LIMITS
-from kvsvr.wire import REQUEST_ID_MAX, FrameDecoder, decode_body, encode_frame
+from kvsvr.protocol.errors import KvError
+from kvsvr.protocol.limits import DEFAULT_LIMITS
+from kvsvr.protocol.wire import REQUEST_ID_MAX, FrameDecoder, decode_body, encode_frame
 
 WORKLOADS = ("put", "get", "mixed")
 KEY_PREFIX = b"bench/"

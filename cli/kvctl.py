@@ -5,7 +5,7 @@ prints the result: readable text by default, one JSON object with
 `--json`. A failure is one line on stderr (`kvctl: condition failed: ...`)
 and a stable exit code, never a traceback; with `--json` the error is also
 printed as `{"error": {...}}` on stdout. The codes (EXIT_* below) follow
-what a failure means for a write (kvsvr.errors): 4 says the operation did
+what a failure means for a write (kvsvr.protocol.errors): 4 says the operation did
 not happen, 5 says its outcome is unknown.
 
 How text on the command line becomes bytes and back: cli/encoding.py.
@@ -33,10 +33,10 @@ from cli.encoding import (
     row_id_to_bytes,
     text_to_bytes,
 )
-from kvsvr.addresses import DEFAULT_ADDRESS, AddressError, parse_address_list
 from kvsvr.client import DEFAULT_TIMEOUT_SECONDS, Client, Page, Row, ScanItem
-from kvsvr.errors import KvError, NotFound
-from kvsvr.tls import client_context
+from kvsvr.protocol.addresses import DEFAULT_ADDRESS, AddressError, parse_address_list
+from kvsvr.protocol.errors import KvError, NotFound
+from kvsvr.shell.tls import client_context
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1

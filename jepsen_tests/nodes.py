@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvsvr.secret_file import write_secret_file
+from kvsvr.shell.secret_file import write_secret_file
 
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0

@@ -52,7 +52,7 @@ from typing import Any
 import trio
 
 from kvsvr.client import Client
-from kvsvr.errors import KvError
+from kvsvr.protocol.errors import KvError
 
 from . import checks
 from .checker import HistoryWriter, Operation

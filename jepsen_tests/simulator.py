@@ -66,11 +66,11 @@ import zlib
 from jepsen_tests.checker import Event, Verdict, check_events
 from jepsen_tests.checker.versioned_models import CHECKED_MODELS
 from jepsen_tests.simulation_oracle import InvariantViolation, Oracle
-from kvsvr import model
-from kvsvr.errors import ConditionFailed, KvError, NotFound
+from kvsvr.core import model
+from kvsvr.core.requests import Get, Sync, Write
+from kvsvr.protocol.errors import ConditionFailed, KvError, NotFound
 from kvsvr.replication.messages import STREAM_MESSAGES, Effects
 from kvsvr.replication.replica import PeerInputError, Replica, ReplicaOptions
-from kvsvr.requests import Get, Sync, Write
 from kvsvr.storage import MemoryStorage
 
 

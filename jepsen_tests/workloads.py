@@ -51,7 +51,7 @@ import crc32c
 import trio
 
 from kvsvr.client import Client
-from kvsvr.errors import KvError
+from kvsvr.protocol.errors import KvError
 
 WORKLOADS = ("register", "table-append")
 ROUTINGS = ("random", "preferred")

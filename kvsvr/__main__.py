@@ -18,15 +18,16 @@ import sys
 import click
 import trio
 
-from kvsvr.addresses import DEFAULT_ADDRESS, DEFAULT_DATA_DIR, AddressError, parse_address
-from kvsvr.limits import Limits
-from kvsvr.peer_auth import PeerSecrets, SecretError
-from kvsvr.replication.node import ReplicaNode, parse_group, run_replica_until_signalled
+from kvsvr.protocol.addresses import DEFAULT_ADDRESS, DEFAULT_DATA_DIR, AddressError, parse_address
+from kvsvr.protocol.limits import Limits
+from kvsvr.protocol.peer_auth import PeerSecrets, SecretError
 from kvsvr.replication.replica import ReplicaOptions
-from kvsvr.secret_file import read_secret_file, write_secret_file
-from kvsvr.server import Node, run_until_signalled
-from kvsvr.storage import RocksStorage, StorageError
-from kvsvr.tls import client_context, server_context
+from kvsvr.shell.replica_node import ReplicaNode, parse_group, run_replica_until_signalled
+from kvsvr.shell.secret_file import read_secret_file, write_secret_file
+from kvsvr.shell.server import Node, run_until_signalled
+from kvsvr.shell.tls import client_context, server_context
+from kvsvr.storage import StorageError
+from kvsvr.storage.rocks import RocksStorage
 
 MAKE_A_SECRET = (
     "make one with `kvsvr make-secret FILE`, copy it to every member (mode 0600), and "

@@ -10,7 +10,7 @@ one send, and a reader task hands each answer to the call waiting on its
 id. Every call has a deadline (`timeout_seconds`, per call or for the whole
 client).
 
-What a failure means (PROTOCOL.md invariant 6):
+What a failure means (docs/protocol-rules.md invariant 6):
 - `Timeout` (the deadline passed, or the connection broke after the
   request was sent): the outcome is unknown. A write may or may not have
   taken effect; never read this as "failed".
@@ -28,7 +28,7 @@ TLS: `Client(..., cacert="ca.pem")` (or `ssl_context=`) connects with TLS,
 verifying that each node's certificate chains to the CA and names the
 address dialled. A node serving TLS answers a plain connection with one
 `unavailable` frame (id 0) and closes it, so a client without TLS fails
-at once, with a message saying so (kvsvr/tls.py).
+at once, with a message saying so (kvsvr/shell/tls.py).
 """
 
 from __future__ import annotations
@@ -44,11 +44,17 @@ from typing import Any
 import crc32c
 import trio
 
-from kvsvr.addresses import DEFAULT_ADDRESS, parse_address_list
-from kvsvr.errors import KvError, Timeout, Unavailable, error_from_wire
-from kvsvr.limits import DEFAULT_LIMITS
-from kvsvr.tls import client_context, connect_tls
-from kvsvr.wire import REQUEST_ID_MAX, FrameDecoder, FrameError, decode_answer, encode_frame
+from kvsvr.protocol.addresses import DEFAULT_ADDRESS, parse_address_list
+from kvsvr.protocol.errors import KvError, Timeout, Unavailable, error_from_wire
+from kvsvr.protocol.limits import DEFAULT_LIMITS
+from kvsvr.protocol.wire import (
+    REQUEST_ID_MAX,
+    FrameDecoder,
+    FrameError,
+    decode_answer,
+    encode_frame,
+)
+from kvsvr.shell.tls import client_context, connect_tls
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 5.0

@@ -1,6 +1,8 @@
 """Replica groups: per-key consensus on versions, payloads through the replication log.
 
-`messages` holds every message and log record; `replica` the sans-IO core
-that steps on them. The trio shell that runs a replica on real sockets sits
-beside them in `node`. docs/replication.md explains the protocol.
+Sans-IO only: `messages` holds every message and log record, `replica` the
+core that steps on them, and its parts each open with their theory. The
+trio shell that runs a replica on real sockets is kvsvr/shell/replica_node.py.
+docs/replication.md explains the protocol; docs/protocol-rules.md states
+its rules and invariants.
 """

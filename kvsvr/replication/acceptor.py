@@ -5,7 +5,7 @@ Theory of operation. For every key a replica keeps one durable record
 decided instance (`chosen`) and the decided instances not yet applied
 (`pending`).
 
-Acceptor (PROTOCOL.md, "Acceptor rules"):
+Acceptor (docs/protocol-rules.md, "Acceptor rules"):
 
 - Prepare(K, b) is granted iff b >= promised; the reply carries chosen,
   the accepted vote and its payload, and echoes b (R5).
@@ -38,7 +38,7 @@ Calls into other parts: `_fetch_payload`, `_fetch_state`,
 
 from __future__ import annotations
 
-from kvsvr import keyspace, model
+from kvsvr.core import keyspace, model
 from kvsvr.replication.core import (
     ReplicaCore,
     decode_mutations,

@@ -2,7 +2,7 @@
 
 Theory of operation. A replica whose `chosen` is above its applied version
 (it learned a decision it cannot apply yet) pulls what it misses; it never
-deduces it. PROTOCOL.md: "A decision may exist in no stream at all: pulling
+deduces it. docs/protocol-rules.md: "A decision may exist in no stream at all: pulling
 is the only complete path."
 
 - Payload by ref: `FetchPayload` to the ref's origin first, then to each
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kvsvr import keyspace, model
+from kvsvr.core import keyspace, model
 from kvsvr.replication import durable
 from kvsvr.replication.core import (
     ReplicaCore,

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import crc32c
 
-from kvsvr import keyspace, model, records
-from kvsvr.limits import Limits
+from kvsvr.core import keyspace, model, records
+from kvsvr.protocol.limits import Limits
 from kvsvr.replication import durable
 from kvsvr.replication.messages import Effects, Instance, Message, Vote
 from kvsvr.replication.options import ReplicaOptions

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from kvsvr import records
+from kvsvr.core import records
 from kvsvr.replication.messages import (
     ZERO_BALLOT,
     Ballot,

@@ -1,4 +1,4 @@
-"""The replication log and its stream (PROTOCOL.md, "Two channels", channel 1).
+"""The replication log and its stream (docs/protocol-rules.md, "Two channels", channel 1).
 
 Theory of operation. Every node appends what it originates to its own
 durable log, keyed by position (incarnation, seq): `PayloadRecord(ref,

@@ -15,11 +15,11 @@ for a request of the new one.
 An *instance* is one decided step of a key: `Instance(first_version,
 count, ref)` applies the `count` mutations in the payload `ref` to reach
 versions first_version .. first_version + count - 1 (a batch of mutations
-that arrived while the previous instance was in flight; PROTOCOL.md,
+that arrived while the previous instance was in flight; docs/protocol-rules.md,
 "dynamic merging"). The key's `chosen` is the last decided instance, and
 an Accept is for the instance starting at chosen.last_version + 1.
 
-Two channels (PROTOCOL.md): the stream channel carries `StreamRecords`,
+Two channels (docs/protocol-rules.md): the stream channel carries `StreamRecords`,
 `StreamAck` and `StreamTrimmed` (payload bytes, batched); everything else
 is the consensus channel, small messages that never wait behind payload
 bytes.

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import cbor2
 
-from kvsvr.limits import Limits
-from kvsvr.model import KIND_KEY_VALUE, KIND_TABLE
+from kvsvr.core.model import KIND_KEY_VALUE, KIND_TABLE
+from kvsvr.protocol.limits import Limits
 from kvsvr.replication import messages as m
 
 # Numbers a peer may send: versions, seqs, rounds and incarnations all fit

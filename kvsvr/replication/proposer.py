@@ -1,4 +1,4 @@
-"""The proposer: coordinating writes to a key (PROTOCOL.md, write steps 1-6).
+"""The proposer: coordinating writes to a key (docs/protocol-rules.md, write steps 1-6).
 
 Theory of operation. Any replica coordinates any key. Its proposer state
 for a key lives in memory only (R2): a restart forgets every promise, and
@@ -51,8 +51,9 @@ import dataclasses
 import cbor2
 import crc32c
 
-from kvsvr import model
-from kvsvr.errors import ConditionFailed, KvError, Timeout, TooLarge
+from kvsvr.core import model
+from kvsvr.core.requests import Write
+from kvsvr.protocol.errors import ConditionFailed, KvError, Timeout, TooLarge
 from kvsvr.replication import durable
 from kvsvr.replication.core import ReplicaCore, votes_after
 from kvsvr.replication.messages import (
@@ -68,7 +69,6 @@ from kvsvr.replication.messages import (
     Ref,
 )
 from kvsvr.replication.options import payload_size_max_bytes
-from kvsvr.requests import Write
 
 
 @dataclasses.dataclass

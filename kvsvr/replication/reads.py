@@ -1,4 +1,4 @@
-"""Linearizable reads (PROTOCOL.md, "Linearizable read of K").
+"""Linearizable reads (docs/protocol-rules.md, "Linearizable read of K").
 
 Theory of operation. A read sends Read(K) to every member and waits for a
 majority of replies, each reporting the replica's decided instance, its
@@ -34,11 +34,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-from kvsvr import model
-from kvsvr.errors import KvError, Timeout
+from kvsvr.core import model
+from kvsvr.core.requests import Get
+from kvsvr.protocol.errors import KvError, Timeout
 from kvsvr.replication.core import ReplicaCore, votes_after
 from kvsvr.replication.messages import Read, ReadId, ReadReply
-from kvsvr.requests import Get
 
 
 @dataclasses.dataclass

@@ -35,8 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kvsvr.errors import Unavailable
-from kvsvr.limits import DEFAULT_LIMITS, Limits
+from kvsvr.core.requests import Get, Request, Sync, TableGet, TableRows, Write
+from kvsvr.protocol.errors import Unavailable
+from kvsvr.protocol.limits import DEFAULT_LIMITS, Limits
 from kvsvr.replication import durable
 from kvsvr.replication.acceptor import Acceptor
 from kvsvr.replication.catch_up import CatchUp
@@ -71,7 +72,6 @@ from kvsvr.replication.payloads import PayloadStore
 from kvsvr.replication.peer_input import PeerInputError, check_message, held_payload_count
 from kvsvr.replication.proposer import Proposer
 from kvsvr.replication.reads import Reads
-from kvsvr.requests import Get, Request, Sync, TableGet, TableRows, Write
 
 if TYPE_CHECKING:
     import random

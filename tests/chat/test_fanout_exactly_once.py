@@ -21,7 +21,7 @@ from chat_service.delivery_check import SentMessage, check_deliveries
 from chat_service.fanout import Fanout
 from chat_service.inbox_reader import read_inboxes
 from kvsvr.client import Client
-from kvsvr.errors import Timeout
+from kvsvr.protocol.errors import Timeout
 
 MEMBERS = [f"member{index:02d}" for index in range(12)]
 GROUP = "crowd"

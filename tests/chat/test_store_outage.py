@@ -21,7 +21,7 @@ from chat_service.inbox_reader import read_inboxes
 from chat_service.service import ChatService, ServiceLimits, Snapshot
 from chat_service.store import StoreUnavailable, one_store_error
 from kvsvr.client import Client
-from kvsvr.errors import Timeout, Unavailable
+from kvsvr.protocol.errors import Timeout, Unavailable
 from tests.chat.conftest import wait_for
 
 MEMBERS = ["ann", "bo", "cy"]

@@ -24,7 +24,7 @@ from cli.kvctl import (
 )
 from jepsen_tests.nodes import free_port
 from kvsvr.client import Client
-from kvsvr.limits import DEFAULT_LIMITS
+from kvsvr.protocol.limits import DEFAULT_LIMITS
 
 
 def kvctl(address: str, *arguments: str, stdin: bytes | None = None) -> Result:

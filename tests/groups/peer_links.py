@@ -1,5 +1,5 @@
 """Opening a peer link to a real node from a test, as a member would: the
-authenticated hello (kvsvr/peer_auth.py) said with the group's secret, on a
+authenticated hello (kvsvr/protocol/peer_auth.py) said with the group's secret, on a
 blocking socket, so a test can then write any frames a member could."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import secrets
 import socket
 
 from jepsen_tests.nodes import GroupProcesses
-from kvsvr.peer_auth import NONCE_SIZE_BYTES, ConnectingHandshake, PeerSecrets, cluster_id
-from kvsvr.secret_file import read_secret_file
-from kvsvr.wire import FrameDecoder, decode_answer, encode_frame
+from kvsvr.protocol.peer_auth import NONCE_SIZE_BYTES, ConnectingHandshake, PeerSecrets, cluster_id
+from kvsvr.protocol.wire import FrameDecoder, decode_answer, encode_frame
+from kvsvr.shell.secret_file import read_secret_file
 
 CONNECT_TIMEOUT_SECONDS = 5
 _HELLO_ANSWER_SIZE_MAX_BYTES = 4096

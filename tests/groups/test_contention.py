@@ -14,7 +14,7 @@ import random
 import trio
 
 from kvsvr.client import Client
-from kvsvr.errors import Timeout
+from kvsvr.protocol.errors import Timeout
 
 WRITERS = 6
 WRITES_PER_WRITER = 40

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from kvsvr.client import Client
-from kvsvr.errors import Timeout, Unavailable
+from kvsvr.protocol.errors import Timeout, Unavailable
 
 WAIT_SECONDS = 30
 

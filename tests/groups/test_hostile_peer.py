@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from jepsen_tests.nodes import GroupProcesses
 from kvsvr.client import SyncClient
+from kvsvr.protocol.wire import frame_from_body
 from kvsvr.replication.codec import encode_message
 from kvsvr.replication.messages import Accept
-from kvsvr.wire import frame_from_body
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "replication"))
 from peer_message_strategies import message_bodies  # noqa: E402

@@ -1,7 +1,7 @@
 """The peer hello on real node processes: strangers are refused, members get in.
 
 A connection on a node's port becomes a peer link only through the
-challenge-response of kvsvr/peer_auth.py. These tests play the stranger
+challenge-response of kvsvr/protocol/peer_auth.py. These tests play the stranger
 with raw frames against a running group of three (sharing one group, so
 every check reads counters as differences): each attack is answered with
 one `unavailable` frame, the connection is closed, the node logs it and
@@ -22,8 +22,8 @@ import trio
 
 from jepsen_tests.nodes import GroupProcesses
 from kvsvr.client import Client, SyncClient
-from kvsvr.limits import DEFAULT_LIMITS
-from kvsvr.peer_auth import (
+from kvsvr.protocol.limits import DEFAULT_LIMITS
+from kvsvr.protocol.peer_auth import (
     CONNECTING_LABEL,
     NONCE_SIZE_BYTES,
     ConnectingHandshake,
@@ -33,11 +33,17 @@ from kvsvr.peer_auth import (
     proof,
     transcript,
 )
+from kvsvr.protocol.wire import (
+    FrameDecoder,
+    decode_answer,
+    decode_body,
+    encode_frame,
+    frame_from_body,
+)
 from kvsvr.replication.codec import encode_message
 from kvsvr.replication.messages import FetchPayload
-from kvsvr.replication.node import PEER_HELLO_FRAME_SIZE_MAX_BYTES, PEER_HELLO_TIMEOUT_SECONDS
-from kvsvr.secret_file import read_secret_file
-from kvsvr.wire import FrameDecoder, decode_answer, decode_body, encode_frame, frame_from_body
+from kvsvr.shell.replica_node import PEER_HELLO_FRAME_SIZE_MAX_BYTES, PEER_HELLO_TIMEOUT_SECONDS
+from kvsvr.shell.secret_file import read_secret_file
 
 from .peer_links import open_peer_link, say_hello
 from .test_group_processes import wait_until

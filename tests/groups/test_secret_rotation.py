@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from jepsen_tests.nodes import GroupProcesses, NodeProcess
 from kvsvr.client import Client
-from kvsvr.secret_file import write_secret_file
+from kvsvr.shell.secret_file import write_secret_file
 
 from .test_group_processes import wait_until
 

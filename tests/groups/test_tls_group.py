@@ -1,7 +1,7 @@
 """A replica group serving TLS: peers dial each other with TLS, check each other's
 certificate, then say the authenticated hello inside it.
 
-Two ways to trust peers (kvsvr/tls.py): a certificate shared by the whole
+Two ways to trust peers (kvsvr/shell/tls.py): a certificate shared by the whole
 group and trusted as itself (no --tls-cacert), or per-node certificates
 from a CA named by --tls-cacert. A group whose members can't verify each
 other forms no links at all and refuses writes as `unavailable`.
@@ -13,7 +13,7 @@ import pytest
 
 from jepsen_tests.nodes import GroupProcesses
 from kvsvr.client import Client
-from kvsvr.errors import Unavailable
+from kvsvr.protocol.errors import Unavailable
 
 from .test_group_processes import wait_until
 

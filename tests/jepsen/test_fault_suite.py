@@ -43,7 +43,7 @@ from jepsen_tests.nemesis import firewall_problem, firewall_table, partition_rul
 from jepsen_tests.nodes import GroupProcesses
 from jepsen_tests.runner import EXIT_NOT_DONE, RunConfig, address_block_held, run
 from jepsen_tests.workloads import Nodes, RegisterWorkload
-from kvsvr.errors import ConditionFailed, Overloaded, Unavailable
+from kvsvr.protocol.errors import ConditionFailed, Overloaded, Unavailable
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 CHECKS = ("linearizable", "no_lost_writes", "converged", "no_crashes", "recovered", "availability")

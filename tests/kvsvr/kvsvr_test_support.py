@@ -17,14 +17,14 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from kvsvr.engine import Engine, Outcome, Result
-from kvsvr.errors import KvError
-from kvsvr.limits import DEFAULT_LIMITS, Limits
-from kvsvr.records import append_row_id
-from kvsvr.requests import parse_request
-from kvsvr.server import Node
+from kvsvr.core.engine import Engine, Outcome, Result
+from kvsvr.core.records import append_row_id
+from kvsvr.core.requests import parse_request
+from kvsvr.protocol.errors import KvError
+from kvsvr.protocol.limits import DEFAULT_LIMITS, Limits
+from kvsvr.protocol.wire import FrameDecoder, decode_answer, encode_frame
+from kvsvr.shell.server import Node
 from kvsvr.storage import MemoryStorage, Storage
-from kvsvr.wire import FrameDecoder, decode_answer, encode_frame
 
 POLL_INTERVAL_SECONDS = 0.01
 WAIT_TIMEOUT_SECONDS = 10.0

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 from kvsvr_test_support import EngineDriver, serving_node
 
-from kvsvr import records
 from kvsvr.client import Client
-from kvsvr.errors import ChecksumError
-from kvsvr.storage import RocksStorage
+from kvsvr.core import records
+from kvsvr.protocol.errors import ChecksumError
+from kvsvr.storage.rocks import RocksStorage
 
 SECRET = b"the value that must never come back wrong"
 

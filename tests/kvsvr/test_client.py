@@ -17,9 +17,9 @@ from kvsvr_test_support import serving_node
 
 from jepsen_tests.nodes import NodeProcess, free_port
 from kvsvr.client import Client, Item, SyncClient
-from kvsvr.errors import ConditionFailed, Timeout, Unavailable
-from kvsvr.limits import DEFAULT_LIMITS
-from kvsvr.wire import FrameDecoder, answer_frame, decode_body
+from kvsvr.protocol.errors import ConditionFailed, Timeout, Unavailable
+from kvsvr.protocol.limits import DEFAULT_LIMITS
+from kvsvr.protocol.wire import FrameDecoder, answer_frame, decode_body
 
 FakeHandler = Callable[[trio.SocketStream, FrameDecoder], Awaitable[None]]
 

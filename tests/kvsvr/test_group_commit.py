@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kvsvr_test_support import AcknowledgedWrites, EngineDriver, acknowledged_write_problems
 
-from kvsvr.errors import ConditionFailed, NotFound, Overloaded
-from kvsvr.limits import Limits
+from kvsvr.protocol.errors import ConditionFailed, NotFound, Overloaded
+from kvsvr.protocol.limits import Limits
 from kvsvr.storage import MemoryStorage
 
 
@@ -92,7 +92,7 @@ def test_not_found_of_an_unsynced_delete_waits(store):
 
 def test_a_failed_condition_on_unsynced_state_waits_for_that_state(store):
     """A compare-and-set that fails against a write not yet synced reveals that write's
-    version, so its answer waits for the write's generation (PROTOCOL.md R7: a failed
+    version, so its answer waits for the write's generation (docs/protocol-rules.md R7: a failed
     condition depending on a batch not yet chosen is answered only once it is)."""
     write = store.submit("put", key=b"k", value=b"v")
     failed = store.submit("put", key=b"k", value=b"x", expected_version=0)

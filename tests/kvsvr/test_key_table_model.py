@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from kvsvr_test_support import EngineDriver
 
-from kvsvr import records
-from kvsvr.errors import BadRequest, ConditionFailed, NotFound, TooLarge
-from kvsvr.limits import Limits
+from kvsvr.core import records
+from kvsvr.protocol.errors import BadRequest, ConditionFailed, NotFound, TooLarge
+from kvsvr.protocol.limits import Limits
 
 
 @pytest.fixture

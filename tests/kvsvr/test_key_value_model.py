@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from kvsvr_test_support import EngineDriver
 
-from kvsvr import model
-from kvsvr.errors import BadRequest, ConditionFailed, NotFound
-from kvsvr.limits import Limits
+from kvsvr.core import model
+from kvsvr.protocol.errors import BadRequest, ConditionFailed, NotFound
+from kvsvr.protocol.limits import Limits
 
 
 @pytest.fixture

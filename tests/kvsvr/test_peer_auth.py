@@ -1,4 +1,4 @@
-"""The peer hello's pure parts (kvsvr/peer_auth.py) and secret files (kvsvr/secret_file.py).
+"""The peer hello's pure parts (kvsvr/protocol/peer_auth.py) and secret files (kvsvr/shell/secret_file.py).
 
 Both ends of the handshake are driven by hand, as the shell drives them:
 what each test proves is in its docstring. The attacks (a wrong secret, a
@@ -14,7 +14,7 @@ import stat
 
 import pytest
 
-from kvsvr.peer_auth import (
+from kvsvr.protocol.peer_auth import (
     ACCEPTING_LABEL,
     CONNECTING_LABEL,
     NONCE_SIZE_BYTES,
@@ -30,7 +30,7 @@ from kvsvr.peer_auth import (
     proof,
     transcript,
 )
-from kvsvr.secret_file import MADE_SECRET_SIZE_BYTES, read_secret_file, write_secret_file
+from kvsvr.shell.secret_file import MADE_SECRET_SIZE_BYTES, read_secret_file, write_secret_file
 
 MEMBERS = {1: ("127.0.0.1", 7421), 2: ("127.0.0.2", 7421), 3: ("127.0.0.3", 7421)}
 CLUSTER = cluster_id(MEMBERS)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from kvsvr.__main__ import main
-from kvsvr.secret_file import write_secret_file
+from kvsvr.shell.secret_file import write_secret_file
 
 GROUP = "1=127.0.0.1:7421,2=127.0.0.2:7421,3=127.0.0.3:7421"
 

@@ -23,9 +23,9 @@ from kvsvr_test_support import (
 )
 
 from kvsvr.client import Client
-from kvsvr.errors import Overloaded
-from kvsvr.limits import Limits
-from kvsvr.wire import encode_frame
+from kvsvr.protocol.errors import Overloaded
+from kvsvr.protocol.limits import Limits
+from kvsvr.protocol.wire import encode_frame
 
 SMALL = Limits(
     key_size_max_bytes=64,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvsvr.storage import COLUMN_FAMILIES, MemoryStorage, RocksStorage, StorageError
+from kvsvr.storage import COLUMN_FAMILIES, MemoryStorage, StorageError
+from kvsvr.storage.rocks import RocksStorage
 
 
 @pytest.fixture(params=["memory", "rocks"])

@@ -1,4 +1,4 @@
-"""TLS on the client port (kvsvr/tls.py): round trips, and every mismatch failing
+"""TLS on the client port (kvsvr/shell/tls.py): round trips, and every mismatch failing
 at once and clearly rather than hanging.
 
 Nodes run in-process (`Node.serve` with a server context) except where the
@@ -17,9 +17,9 @@ from kvsvr_test_support import exchange, request_frame, serving_node
 
 from jepsen_tests.nodes import NodeProcess
 from kvsvr.client import Client, Item, SyncClient
-from kvsvr.errors import Overloaded, Unavailable
-from kvsvr.limits import Limits
-from kvsvr.tls import accept_tls, server_context
+from kvsvr.protocol.errors import Overloaded, Unavailable
+from kvsvr.protocol.limits import Limits
+from kvsvr.shell.tls import accept_tls, server_context
 
 # Every failure here must come well before any deadline the client was given.
 FAILS_WITHIN_SECONDS = 5.0

@@ -23,10 +23,16 @@ from kvsvr_test_support import EngineDriver, blocking_exchange, request_frame
 
 from jepsen_tests.nodes import NodeProcess
 from kvsvr.client import SyncClient
-from kvsvr.errors import KvError
-from kvsvr.limits import Limits
-from kvsvr.requests import OPERATIONS, parse_request
-from kvsvr.wire import BODY_NESTING_MAX, FrameDecoder, FrameError, decode_body, encode_frame
+from kvsvr.core.requests import OPERATIONS, parse_request
+from kvsvr.protocol.errors import KvError
+from kvsvr.protocol.limits import Limits
+from kvsvr.protocol.wire import (
+    BODY_NESTING_MAX,
+    FrameDecoder,
+    FrameError,
+    decode_body,
+    encode_frame,
+)
 
 FRAME_SIZE_MAX_BYTES = 64 * 1024
 SMALL_LIMITS = Limits(

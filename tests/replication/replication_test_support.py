@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from kvsvr import model
+from kvsvr.core import model
+from kvsvr.core.requests import Get, Sync, Write
 from kvsvr.replication.messages import Effects, Message
 from kvsvr.replication.replica import Replica, ReplicaOptions
-from kvsvr.requests import Get, Sync, Write
 from kvsvr.storage import MemoryStorage
 
 Envelope = tuple[int, int, Message]  # (source, destination, message)

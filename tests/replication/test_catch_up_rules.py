@@ -321,7 +321,7 @@ def test_stream_batches_are_bounded_in_bytes_so_every_one_fits_a_frame():
     batches bounded in bytes as well as records: each StreamRecords fits the
     frame its receiver accepts (16 values of 700 KiB used to go out as frames
     of up to 7.2 MB against the 4 MiB limit, refused again and again)."""
-    from kvsvr.limits import DEFAULT_LIMITS
+    from kvsvr.protocol.limits import DEFAULT_LIMITS
     from kvsvr.replication.codec import encode_message
 
     group = Group()
@@ -350,7 +350,7 @@ def test_limits_that_cannot_fit_a_frame_are_refused_at_start():
 
     import pytest
 
-    from kvsvr.limits import Limits
+    from kvsvr.protocol.limits import Limits
     from kvsvr.replication.replica import Replica, ReplicaOptions
     from kvsvr.storage import MemoryStorage
 

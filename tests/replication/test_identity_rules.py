@@ -11,7 +11,7 @@ import random
 
 from replication_test_support import Group, of_type
 
-from kvsvr.errors import NotFound
+from kvsvr.protocol.errors import NotFound
 from kvsvr.replication.messages import Accept, Prepare
 from kvsvr.replication.replica import Replica
 from kvsvr.storage import MemoryStorage

@@ -10,8 +10,8 @@ import cbor2
 import crc32c
 from replication_test_support import Group, between, none_of, not_, of_type
 
-from kvsvr import model
-from kvsvr.errors import ConditionFailed, Timeout
+from kvsvr.core import model
+from kvsvr.protocol.errors import ConditionFailed, Timeout
 from kvsvr.replication.messages import (
     Accept,
     Accepted,

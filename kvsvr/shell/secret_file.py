@@ -16,7 +16,7 @@ import os
 import secrets
 import stat
 
-from kvsvr.peer_auth import SecretError, parse_secret
+from kvsvr.protocol.peer_auth import SecretError, parse_secret
 
 # What make-secret writes: 256 bits, twice the minimum.
 MADE_SECRET_SIZE_BYTES = 32

@@ -49,11 +49,12 @@ import ssl
 
 import trio
 
-from kvsvr.addresses import AddressError, parse_address
-from kvsvr.errors import KvError, Unavailable
-from kvsvr.limits import DEFAULT_LIMITS, Limits
-from kvsvr.model import value_or_not_found
-from kvsvr.peer_auth import (
+from kvsvr.core.model import value_or_not_found
+from kvsvr.core.requests import Get, Ping, Scan
+from kvsvr.protocol.addresses import AddressError, parse_address
+from kvsvr.protocol.errors import KvError, Unavailable
+from kvsvr.protocol.limits import DEFAULT_LIMITS, Limits
+from kvsvr.protocol.peer_auth import (
     KEY_ID_SIZE_BYTES,
     NONCE_SIZE_BYTES,
     PROOF_SIZE_BYTES,
@@ -64,15 +65,7 @@ from kvsvr.peer_auth import (
     cluster_id,
     quoted,
 )
-from kvsvr.replication.codec import CodecError, decode_message, encode_message
-from kvsvr.replication.messages import STREAM_MESSAGES, Effects, Message
-from kvsvr.replication.peer_input import PeerInputError
-from kvsvr.replication.replica import Replica, ReplicaOptions
-from kvsvr.requests import Get, Ping, Scan
-from kvsvr.server import FrameServer, _Connection
-from kvsvr.storage import Storage
-from kvsvr.tls import connect_tls
-from kvsvr.wire import (
+from kvsvr.protocol.wire import (
     REQUEST_ID_MAX,
     FrameDecoder,
     FrameError,
@@ -83,8 +76,15 @@ from kvsvr.wire import (
     error_frame,
     frame_from_body,
 )
+from kvsvr.replication.codec import CodecError, decode_message, encode_message
+from kvsvr.replication.messages import STREAM_MESSAGES, Effects, Message
+from kvsvr.replication.peer_input import PeerInputError
+from kvsvr.replication.replica import Replica, ReplicaOptions
+from kvsvr.shell.server import FrameServer, _Connection
+from kvsvr.shell.tls import connect_tls
+from kvsvr.storage import Storage
 
-log = logging.getLogger("kvsvr.replication.node")
+log = logging.getLogger("kvsvr.shell.replica_node")
 
 CHANNELS = ("consensus", "stream")
 # Frames, and their bytes, waiting on one outgoing peer link; past either,

@@ -25,7 +25,7 @@ import struct
 import cbor2
 import crc32c
 
-from kvsvr.errors import BadRequest, KvError, TooLarge
+from kvsvr.protocol.errors import BadRequest, KvError, TooLarge
 
 _HEADER = struct.Struct(">II")
 HEADER_SIZE_BYTES = _HEADER.size

@@ -1,27 +1,4 @@
-"""Storage behind a small interface: one on RocksDB, one in memory.
-
-Theory. The node needs four things of its disk: read a record, read an
-ordered range, write a batch atomically, and know when a batch is synced.
-`Storage` is exactly that. Records are raw bytes here; checksums and
-encodings live in `records.py`, above this layer, so both implementations
-are checked the same way.
-
-Column families (one RocksDB database, one shared write-ahead log):
-
-    keys         key -> key state (version, kind, value or tombstone)
-    rows         u16 len || key || row id -> row (version changed, value)
-    row_changes  u16 len || key || u64 version -> row ids changed then
-    acceptor     key -> per-key consensus state (promised, accepted, chosen)
-    log          the node's own replication log, by sequence number
-    payloads     payloads received from peers, by ref
-    cursors      stream cursors per (origin, incarnation)
-    meta         node identity: incarnation, format version
-
-Durability. `write(..., sync=True)` returns only after the batch and every
-write before it are on disk (one WAL, so a synced batch persists every
-earlier write that returned). The in-memory implementation models a crash
-the way the design brief asks: it drops a suffix of the unsynced writes,
-never a random subset.
+"""Storage on RocksDB: one database, a column family per record kind.
 
 Corruption (docs/jepsen.md, "corrupt"). An acceptor that silently loses a
 synced promise or vote can break safety for its whole group, so a damaged
@@ -33,111 +10,15 @@ block's checksum only when something reads it), and a scan whose iterator
 fails raises instead of returning what it read so far. The error names the
 damaged file.
 """
-
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Sequence
-from typing import Protocol
 
 import rocksdict
 
-COLUMN_FAMILIES = (
-    "keys",
-    "rows",
-    "row_changes",
-    "acceptor",
-    "log",
-    "payloads",
-    "cursors",
-    "meta",
-)
-
-# One write: (column family, key, value); a value of None deletes the key.
-Write = tuple[str, bytes, bytes | None]
-
-
-class StorageError(Exception):
-    """The storage could not be opened or used (bad path, locked, corrupt)."""
-
-    def __init__(self, message: str, corrupt: bool = False) -> None:
-        super().__init__(message)
-        self.corrupt = corrupt  # a checksum or a record failed: the data can't be trusted
-
-
-class Storage(Protocol):
-    def get(self, column_family: str, key: bytes) -> bytes | None: ...
-
-    def scan(
-        self, column_family: str, start: bytes, end: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]:
-        """Up to `limit` records with start <= key < end (end None: no bound), in key order."""
-        ...
-
-    def write(self, writes: Sequence[Write], sync: bool) -> None: ...
-
-    def sync(self) -> None:
-        """Make every write that has returned durable."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class MemoryStorage:
-    """Storage in a dict, for tests and the simulator; can lose unsynced writes."""
-
-    def __init__(self) -> None:
-        self._durable: dict[str, dict[bytes, bytes]] = {name: {} for name in COLUMN_FAMILIES}
-        self._visible: dict[str, dict[bytes, bytes]] = {name: {} for name in COLUMN_FAMILIES}
-        self._unsynced_batches: list[list[Write]] = []
-        self.closed = False
-
-    def get(self, column_family: str, key: bytes) -> bytes | None:
-        return self._visible[column_family].get(key)
-
-    def scan(
-        self, column_family: str, start: bytes, end: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]:
-        table = self._visible[column_family]
-        keys = sorted(k for k in table if k >= start and (end is None or k < end))
-        return [(k, table[k]) for k in keys[:limit]]
-
-    def write(self, writes: Sequence[Write], sync: bool) -> None:
-        assert not self.closed, "write to closed storage"
-        batch = list(writes)
-        _apply(self._visible, batch)
-        self._unsynced_batches.append(batch)
-        if sync:
-            for pending in self._unsynced_batches:
-                _apply(self._durable, pending)
-            self._unsynced_batches.clear()
-
-    def sync(self) -> None:
-        self.write([], sync=True)
-
-    @property
-    def unsynced_batch_count(self) -> int:
-        return len(self._unsynced_batches)
-
-    def crash(self, unsynced_batches_kept: int = 0) -> None:
-        """Lose every unsynced write after the first `unsynced_batches_kept` batches."""
-        assert 0 <= unsynced_batches_kept <= len(self._unsynced_batches)
-        for pending in self._unsynced_batches[:unsynced_batches_kept]:
-            _apply(self._durable, pending)
-        self._unsynced_batches.clear()
-        self._visible = {name: dict(table) for name, table in self._durable.items()}
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def _apply(tables: dict[str, dict[bytes, bytes]], writes: Sequence[Write]) -> None:
-    for column_family, key, value in writes:
-        if value is None:
-            tables[column_family].pop(key, None)
-        else:
-            tables[column_family][key] = value
+from kvsvr.storage.interface import COLUMN_FAMILIES, StorageError, Write
 
 
 class RocksStorage:

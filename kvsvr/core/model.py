@@ -17,15 +17,15 @@ holds the same state (invariant 4).
 Conditions (`expected_version`, `expected_value`) are checked against the
 state before the mutation, by `check`, and never inside `apply`: the
 replicated engine checks them on the coordinator and sends only mutations
-that passed (PROTOCOL.md, write step 3). `apply` is unconditional.
+that passed (docs/protocol-rules.md, write step 3). `apply` is unconditional.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from kvsvr import records
-from kvsvr.errors import BadRequest, ConditionFailed, NotFound
+from kvsvr.core import records
+from kvsvr.protocol.errors import BadRequest, ConditionFailed, NotFound
 
 KIND_KEY_VALUE = "kv"
 KIND_TABLE = "table"

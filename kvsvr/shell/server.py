@@ -41,15 +41,15 @@ from collections import defaultdict
 
 import trio
 
-from kvsvr.engine import Engine, Result
-from kvsvr.errors import BadRequest, KvError, Overloaded
-from kvsvr.limits import DEFAULT_LIMITS, Limits
-from kvsvr.requests import Status, parse_request
+from kvsvr.core.engine import Engine, Result
+from kvsvr.core.requests import Status, parse_request
+from kvsvr.protocol.errors import BadRequest, KvError, Overloaded
+from kvsvr.protocol.limits import DEFAULT_LIMITS, Limits
+from kvsvr.protocol.wire import FrameDecoder, FrameError, answer_frame, decode_body, error_frame
+from kvsvr.shell.tls import TLS_HANDSHAKE_TIMEOUT_SECONDS, accept_tls
 from kvsvr.storage import Storage
-from kvsvr.tls import TLS_HANDSHAKE_TIMEOUT_SECONDS, accept_tls
-from kvsvr.wire import FrameDecoder, FrameError, answer_frame, decode_body, error_frame
 
-log = logging.getLogger("kvsvr.server")
+log = logging.getLogger("kvsvr.shell.server")
 
 
 class _Connection:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvsvr import model, records
-from kvsvr.errors import NotFound
-from kvsvr.requests import Scan, Sync, TableGet, TableRows
+from kvsvr.core import model, records
+from kvsvr.core.requests import Scan, Sync, TableGet, TableRows
+from kvsvr.protocol.errors import NotFound
 from kvsvr.storage import Storage
 from kvsvr.storage import Write as StorageWrite
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from kvsvr import model
-from kvsvr.errors import BadRequest, TooLarge
-from kvsvr.limits import Limits
-from kvsvr.records import prefix_end
+from kvsvr.core import model
+from kvsvr.core.records import prefix_end
+from kvsvr.protocol.errors import BadRequest, TooLarge
+from kvsvr.protocol.limits import Limits
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

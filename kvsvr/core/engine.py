@@ -32,10 +32,10 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from kvsvr import keyspace, model
-from kvsvr.errors import KvError, Overloaded
-from kvsvr.limits import Limits
-from kvsvr.requests import Get, Ping, Request, Scan, Status, Sync, TableGet, TableRows, Write
+from kvsvr.core import keyspace, model
+from kvsvr.core.requests import Get, Ping, Request, Scan, Status, Sync, TableGet, TableRows, Write
+from kvsvr.protocol.errors import KvError, Overloaded
+from kvsvr.protocol.limits import Limits
 from kvsvr.storage import Storage
 from kvsvr.storage import Write as StorageWrite
 
@@ -157,7 +157,7 @@ class Engine:
         except KvError as refusal:
             # A refusal judged on a state not yet synced reveals that state
             # (a failed condition carries its version): like a read of the
-            # key, it waits for that state's generation (PROTOCOL.md R7).
+            # key, it waits for that state's generation (docs/protocol-rules.md R7).
             entry = self._dirty.get(key)
             if entry is None:
                 raise

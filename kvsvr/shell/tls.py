@@ -30,10 +30,10 @@ import ssl
 
 import trio
 
-from kvsvr.errors import Unavailable
-from kvsvr.wire import error_frame
+from kvsvr.protocol.errors import Unavailable
+from kvsvr.protocol.wire import error_frame
 
-log = logging.getLogger("kvsvr.tls")
+log = logging.getLogger("kvsvr.shell.tls")
 
 TLS_HANDSHAKE_TIMEOUT_SECONDS = 10.0
 # The first byte of a TLS record carrying a handshake message (RFC 8446 5.1).

@@ -18,7 +18,7 @@ import struct
 import cbor2
 import crc32c
 
-from kvsvr.errors import ChecksumError
+from kvsvr.protocol.errors import ChecksumError
 
 _CRC = struct.Struct(">I")
 _U16 = struct.Struct(">H")

@@ -1,0 +1,70 @@
+"""The storage interface: what a node needs of its disk, and nothing more.
+
+Theory. The node needs four things of its disk: read a record, read an
+ordered range, write a batch atomically, and know when a batch is synced.
+`Storage` is exactly that. Records are raw bytes here; checksums and
+encodings live in `records.py`, above this layer, so both implementations
+are checked the same way.
+
+Column families (one RocksDB database, one shared write-ahead log):
+
+    keys         key -> key state (version, kind, value or tombstone)
+    rows         u16 len || key || row id -> row (version changed, value)
+    row_changes  u16 len || key || u64 version -> row ids changed then
+    acceptor     key -> per-key consensus state (promised, accepted, chosen)
+    log          the node's own replication log, by sequence number
+    payloads     payloads received from peers, by ref
+    cursors      stream cursors per (origin, incarnation)
+    meta         node identity: incarnation, format version
+
+Durability. `write(..., sync=True)` returns only after the batch and every
+write before it are on disk (one WAL, so a synced batch persists every
+earlier write that returned). The in-memory implementation models a crash
+the way the design brief asks: it drops a suffix of the unsynced writes,
+never a random subset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+COLUMN_FAMILIES = (
+    "keys",
+    "rows",
+    "row_changes",
+    "acceptor",
+    "log",
+    "payloads",
+    "cursors",
+    "meta",
+)
+
+# One write: (column family, key, value); a value of None deletes the key.
+Write = tuple[str, bytes, bytes | None]
+
+
+class StorageError(Exception):
+    """The storage could not be opened or used (bad path, locked, corrupt)."""
+
+    def __init__(self, message: str, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt  # a checksum or a record failed: the data can't be trusted
+
+
+class Storage(Protocol):
+    def get(self, column_family: str, key: bytes) -> bytes | None: ...
+
+    def scan(
+        self, column_family: str, start: bytes, end: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` records with start <= key < end (end None: no bound), in key order."""
+        ...
+
+    def write(self, writes: Sequence[Write], sync: bool) -> None: ...
+
+    def sync(self) -> None:
+        """Make every write that has returned durable."""
+        ...
+
+    def close(self) -> None: ...
