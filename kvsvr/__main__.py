@@ -203,6 +203,12 @@ def serve(
         else:
             click.echo(f"kvsvr: {error}", err=True)
         sys.exit(2)
+    if storage.torn_tail_dropped is not None:
+        click.echo(
+            "kvsvr: recovered from a crash: dropped the last write-ahead log record, cut "
+            f"short by the crash and never synced ({storage.torn_tail_dropped})",
+            err=True,
+        )
     if members is None:
         trio.run(run_until_signalled, Node(storage, limits, tls), host, port)
         return

@@ -9,10 +9,23 @@ every block of every column family is read once at open (RocksDB checks a
 block's checksum only when something reads it), and a scan whose iterator
 fails raises instead of returning what it read so far. The error names the
 damaged file.
+
+A torn last record is not damage. A crash (kill -9 included: the kernel
+may stop a write at a page boundary) can leave the newest WAL ending inside
+the record that was being written when it came. That record's batch had
+not been synced, so nothing that depended on it was acknowledged or sent.
+Like etcd's WAL repair of an unexpected end of file, the open then drops
+that one record and says so (`torn_tail_dropped`); only that: the
+absolute-consistency replay has already checked every record before it,
+and a truncation anywhere but at the end of the newest WAL, or any bad
+checksum, still refuses the open. What this cannot tell apart from a torn
+write is a newest WAL cut short after its records were synced (a disk or
+file system that lost a synced tail): the node then starts without them.
 """
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 
@@ -35,21 +48,21 @@ class RocksStorage:
             os.makedirs(self.path, exist_ok=True)
         except OSError as error:
             raise StorageError(f"cannot create data directory {self.path}: {error}") from error
-        options = _options()
-        options.create_if_missing(True)
-        options.create_missing_column_families(True)
-        # Any damage to the WAL stops the open (see Corruption above); a crash
-        # that tears an unsynced last record is refused too, which is safe.
-        options.set_wal_recovery_mode(rocksdict.DBRecoveryMode.absolute_consistency())
-        options.set_paranoid_checks(True)
+        # What the open dropped: a torn last WAL record, described; else None.
+        self.torn_tail_dropped: str | None = None
         try:
-            self._db = rocksdict.Rdict(
-                self.path,
-                options,
-                column_families={name: _options() for name in COLUMN_FAMILIES},
-            )
+            self._db = self._open(rocksdict.DBRecoveryMode.absolute_consistency())
         except Exception as error:  # rocksdict raises plain Exception for IO and lock errors
-            raise _open_error(self.path, error) from error
+            refused = _open_error(self.path, error)
+            torn = _torn_tail(self.path, refused)
+            if torn is None:
+                raise refused from error
+            try:
+                # Every record before the torn one passed the replay above.
+                self._db = self._open(rocksdict.DBRecoveryMode.tolerate_corrupted_tail_records())
+            except Exception as again:
+                raise _open_error(self.path, again) from again
+            self.torn_tail_dropped = torn
         self._handles = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._families = {name: self._db.get_column_family(name) for name in COLUMN_FAMILIES}
         try:
@@ -124,6 +137,37 @@ class RocksStorage:
             self._families.clear()
             self._handles.clear()
             self._db.close()
+
+
+    def _open(self, wal_recovery_mode) -> rocksdict.Rdict:
+        options = _options()
+        options.create_if_missing(True)
+        options.create_missing_column_families(True)
+        # Any damage to the WAL stops the open (see Corruption above).
+        options.set_wal_recovery_mode(wal_recovery_mode)
+        options.set_paranoid_checks(True)
+        return rocksdict.Rdict(
+            self.path, options, column_families={name: _options() for name in COLUMN_FAMILIES}
+        )
+
+
+# What RocksDB reports when the WAL ends inside a record.
+_TORN_TAIL_SIGNS = ("truncated record body", "truncated header")
+
+
+def _torn_tail(path: str, refused: StorageError) -> str | None:
+    """The torn record, described, when the open failed only because the
+    newest WAL ends inside its last record; None for anything else."""
+    text = str(refused)
+    if not refused.corrupt or not any(sign in text for sign in _TORN_TAIL_SIGNS):
+        return None
+    if "bad record length" in text or "checksum" in text:
+        return None
+    named = re.findall(r"(\d+)\.log", text)
+    logs = [int(name[:-4]) for name in os.listdir(path) if re.fullmatch(r"\d+\.log", name)]
+    if not named or not logs or int(named[-1]) != max(logs):
+        return None
+    return text.split("(", 1)[-1].rstrip(")") if "(" in text else text
 
 
 def _options() -> rocksdict.Options:
