@@ -29,17 +29,19 @@ their payloads are here, and hands what it cannot fill to catch_up.py.
 Applied versions never have gaps (invariant 4); only state transfer jumps,
 and only upwards (R12).
 
-Calls into other parts: `_fetch_payload`, `_fetch_state`,
-`_payload_held_nowhere`, `_fetch_done` (catch_up.py), `_payload`
-(payloads.py),
-`_settle_proposed`, `_drive` (proposer.py), `_finish_reads_applied`
-(reads.py).
+Calls into other parts (its `USES`; the replica connects exactly these):
+catch_up: `fetch_done`, `fetch_payload`, `fetch_state`,
+`payload_held_nowhere`; payloads: `payload`; proposer: `drive`,
+`settle_proposed`; reads: `finish_reads_applied`, `waiting_apply`.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kvsvr.core import keyspace, model
 from kvsvr.replication.core import (
+    Part,
     ReplicaCore,
     decode_mutations,
     ignore_event,
@@ -49,13 +51,26 @@ from kvsvr.replication.core import (
 from kvsvr.replication.messages import Accept, Accepted, Instance, Prepare, Promise, Ref, Vote
 from kvsvr.replication.peer_input import held_payload_count
 
+if TYPE_CHECKING:
+    from kvsvr.replication.catch_up import CatchUp
+    from kvsvr.replication.payloads import PayloadStore
+    from kvsvr.replication.proposer import Proposer
+    from kvsvr.replication.reads import Reads
 
-class Acceptor(ReplicaCore):
-    def _init_acceptor(self) -> None:
+
+class Acceptor(Part):
+    USES = ("catch_up", "payloads", "proposer", "reads")
+    catch_up: CatchUp
+    payloads: PayloadStore
+    proposer: Proposer
+    reads: Reads
+
+    def __init__(self, core: ReplicaCore) -> None:
+        super().__init__(core)
         # Accepts waiting for their payload, by ref, oldest ref first (R4).
         self._parked: dict[Ref, list[tuple[int, Accept]]] = {}
         self._parked_count = 0
-        self._catching_up: set[bytes] = set()  # keys decided beyond what is applied
+        self.catching_up: set[bytes] = set()  # keys decided beyond what is applied
 
     # -- acceptor ----------------------------------------------------------------
 
@@ -66,13 +81,13 @@ class Acceptor(ReplicaCore):
         if granted and message.ballot > consensus.promised:
             consensus.promised = message.ballot
             if self.options.bug_promise_not_synced:
-                self._unsaved_keys[key] = None  # written, but the Promise need not wait
+                self._save(key, sync=False)  # written, but the Promise need not wait
             else:
                 self._save(key)
         if granted:
             self.observer("promised", (self.node_id, key, message.ballot))
         accepted = consensus.accepted
-        payload = None if accepted is None else self._payload(accepted.instance.ref)
+        payload = None if accepted is None else self.payloads.payload(accepted.instance.ref)
         self._send(
             source,
             Promise(
@@ -124,11 +139,11 @@ class Acceptor(ReplicaCore):
                 f"R8: ({key!r}, {ballot}, v{instance.first_version}) offered "
                 f"{instance.ref} after {accepted.instance.ref}"
             )
-        payload = self._payload(instance.ref)
+        payload = self.payloads.payload(instance.ref)
         if payload is None:
             # R4: park; every check above runs again when the payload lands.
             self._park(source, message)
-            self._fetch_payload(instance.ref, source)
+            self.catch_up.fetch_payload(instance.ref, source)
             return
         if held_payload_count(payload) != instance.count:
             # A parked Accept whose payload, now here, disagrees with it: a
@@ -154,13 +169,13 @@ class Acceptor(ReplicaCore):
             oldest = next(iter(self._parked))
             self._parked_count -= len(self._parked.pop(oldest))
 
-    def _on_payload_stored(self, ref: Ref, key: bytes) -> None:
+    def on_payload_stored(self, ref: Ref, key: bytes) -> None:
         parked = self._parked.pop(ref, ())
         self._parked_count -= len(parked)
         for source, accept in parked:
             self.on_accept(source, accept, resumed=True)
-        self._fetch_done(("payload", ref))
-        self._advance(key)
+        self.catch_up.fetch_done(("payload", ref))
+        self.advance(key)
 
     # -- learner -----------------------------------------------------------------
 
@@ -173,7 +188,7 @@ class Acceptor(ReplicaCore):
             assert known == instance, (
                 f"two decisions for {key!r} v{instance.first_version}: {known} and {instance}"
             )
-            self._settle_proposed(key, instance)
+            self.proposer.settle_proposed(key, instance)
             return
         applied = self._applied_version(key)
         changed = False
@@ -186,10 +201,10 @@ class Acceptor(ReplicaCore):
         remember_decision(consensus, instance)
         if changed:
             self._save(key)
-        self._settle_proposed(key, instance)
-        self._advance(key)
+        self.proposer.settle_proposed(key, instance)
+        self.advance(key)
 
-    def _advance(self, key: bytes) -> None:
+    def advance(self, key: bytes) -> None:
         """Apply decided instances in version order; fetch what is missing."""
         consensus = self._consensus_of(key)
         state = self.keyspace.key_state(key)
@@ -203,14 +218,14 @@ class Acceptor(ReplicaCore):
                 instance = consensus.pending[min(consensus.pending)]
             if instance is None:
                 break
-            payload = self._payload(instance.ref)
+            payload = self.payloads.payload(instance.ref)
             if payload is None:
-                if self._payload_held_nowhere(instance.ref):
+                if self.catch_up.payload_held_nowhere(instance.ref):
                     # Every peer said it holds none (collected once applied):
                     # take the state at the decided version instead.
-                    self._fetch_state(key, consensus.chosen_version)
+                    self.catch_up.fetch_state(key, consensus.chosen_version)
                 else:
-                    self._fetch_payload(instance.ref, instance.ref[0])
+                    self.catch_up.fetch_payload(instance.ref, instance.ref[0])
                 break
             mutations = decode_mutations(payload)
             assert len(mutations) == instance.count, f"payload {instance.ref} size mismatch"
@@ -229,12 +244,12 @@ class Acceptor(ReplicaCore):
         if progressed:
             self._save(key)
         if consensus.chosen_version > state.version:
-            self._catching_up.add(key)
+            self.catching_up.add(key)
             if consensus.pending.get(state.version + 1) is None:
-                self._fetch_state(key, consensus.chosen_version)
+                self.catch_up.fetch_state(key, consensus.chosen_version)
         else:
-            self._catching_up.discard(key)
-        if self._reads_waiting_apply.get(key):
-            self._finish_reads_applied(key, state.version)
+            self.catching_up.discard(key)
+        if self.reads.waiting_apply(key):
+            self.reads.finish_reads_applied(key, state.version)
         if progressed:
-            self._drive(key)
+            self.proposer.drive(key)

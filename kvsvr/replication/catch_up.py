@@ -34,18 +34,20 @@ is the only complete path."
 Every fetch is retried every `fetch_retry_ticks` while it is needed,
 rotating over the peers.
 
-Calls into other parts: `_on_payload_stored`, `learn_decision`,
-`_advance` (acceptor.py), `_payload_entry`, `_store_payload` (payloads.py);
-`_start_walk` is called by log_stream.py.
+Calls into other parts (its `USES`; the replica connects exactly these):
+acceptor: `advance`, `catching_up`, `learn_decision`, `on_payload_stored`;
+payloads: `payload_entry`, `store_payload`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from kvsvr.core import keyspace, model
 from kvsvr.replication import durable
 from kvsvr.replication.core import (
+    Part,
     ReplicaCore,
     decode_value,
     encode_value,
@@ -64,6 +66,10 @@ from kvsvr.replication.messages import (
     StateReply,
 )
 
+if TYPE_CHECKING:
+    from kvsvr.replication.acceptor import Acceptor
+    from kvsvr.replication.payloads import PayloadStore
+
 # A row's size beyond its value (ids, versions, framing), for page sizes.
 _ROW_OVERHEAD_BYTES = 32
 
@@ -78,8 +84,13 @@ class StagedState:
     rows_by_page: dict[int, list] = dataclasses.field(default_factory=dict)
 
 
-class CatchUp(ReplicaCore):
-    def _init_catch_up(self) -> None:
+class CatchUp(Part):
+    USES = ("acceptor", "payloads")
+    acceptor: Acceptor
+    payloads: PayloadStore
+
+    def __init__(self, core: ReplicaCore) -> None:
+        super().__init__(core)
         # ("payload", ref), ("state", key) or ("walk", origin) -> next retry tick
         self._fetch_retry_at: dict[tuple, int] = {}
         self._fetch_attempt_count: dict[tuple, int] = {}
@@ -90,7 +101,7 @@ class CatchUp(ReplicaCore):
         # origin -> (the trim point that started the walk, the next key to ask for)
         self._walks: dict[int, tuple[LogPosition, bytes]] = {}
 
-    def _load_walks(self) -> None:
+    def load_walks(self) -> None:
         """At start: resume every unfinished walk."""
         prefix = durable.WALK_PREFIX
         for stored_key, stored in self.storage.scan("meta", prefix, prefix + b"\xff", 1 << 16):
@@ -100,7 +111,7 @@ class CatchUp(ReplicaCore):
 
     # -- asking ----------------------------------------------------------------
 
-    def _fetch_payload(self, ref: Ref, preferred: int) -> None:
+    def fetch_payload(self, ref: Ref, preferred: int) -> None:
         if not self._due(("payload", ref)):
             return
         targets = [preferred] if preferred in self.peers else []
@@ -109,13 +120,13 @@ class CatchUp(ReplicaCore):
         attempt = self._fetch_attempts(("payload", ref))
         self._send(targets[attempt % len(targets)], FetchPayload(ref))
 
-    def _fetch_state(self, key: bytes, version_min: int) -> None:
+    def fetch_state(self, key: bytes, version_min: int) -> None:
         if not self._due(("state", key)):
             return
         attempt = self._fetch_attempts(("state", key))
         self._send(self.peers[attempt % len(self.peers)], FetchState(key, version_min))
 
-    def _payload_held_nowhere(self, ref: Ref) -> bool:
+    def payload_held_nowhere(self, ref: Ref) -> bool:
         return len(self._payload_misses.get(ref, ())) >= len(self.peers)
 
     def _due(self, what: tuple) -> bool:
@@ -134,7 +145,7 @@ class CatchUp(ReplicaCore):
         """The fetch is answered: the next one (if any) may leave at once."""
         self._fetch_retry_at.pop(what, None)
 
-    def _fetch_done(self, what: tuple) -> None:
+    def fetch_done(self, what: tuple) -> None:
         """What the fetch was for is here: forget it altogether."""
         self._fetch_retry_at.pop(what, None)
         self._fetch_attempt_count.pop(what, None)
@@ -142,7 +153,7 @@ class CatchUp(ReplicaCore):
     # -- serving peers ---------------------------------------------------------
 
     def on_fetch_payload(self, source: int, message: FetchPayload) -> None:
-        entry = self._payload_entry(message.ref)
+        entry = self.payloads.payload_entry(message.ref)
         if entry is None:
             self._send(source, PayloadReply(message.ref, b"", None))
             return
@@ -189,7 +200,7 @@ class CatchUp(ReplicaCore):
         found = self.storage.scan("acceptor", message.start_key, None, page_keys + 1)
         decisions = []
         for key, stored in found[:page_keys]:
-            consensus = self._consensus.get(key) or durable.KeyConsensus.from_record(stored, key)
+            consensus = self.core.peek_consensus(key, stored)
             if consensus.chosen is not None:
                 decisions.append((key, consensus.chosen))
         next_key = found[page_keys][0] if len(found) > page_keys else None
@@ -204,9 +215,9 @@ class CatchUp(ReplicaCore):
             self._payload_misses.setdefault(message.ref, set()).add(source)
             self._forget_fetch(("payload", message.ref))  # ask the next one
             return
-        if self._store_payload(message.ref, message.key, message.payload):
+        if self.payloads.store_payload(message.ref, message.key, message.payload):
             self._payload_misses.pop(message.ref, None)
-            self._on_payload_stored(message.ref, message.key)
+            self.acceptor.on_payload_stored(message.ref, message.key)
 
     def on_state_reply(self, source: int, message: StateReply) -> None:
         key = message.key
@@ -242,7 +253,7 @@ class CatchUp(ReplicaCore):
             writes.extend(keyspace.table_writes(key, rows))
         self._write(writes)
         self.observer("state_installed", (self.node_id, key, installed.version))
-        self.catch_up_counts["states_installed"] += 1
+        self.core.catch_up_counts["states_installed"] += 1
         if self.observer is not ignore_event:
             self.observer(
                 "applied", (self.node_id, key, installed.version, state_digest(self, key))
@@ -251,12 +262,12 @@ class CatchUp(ReplicaCore):
         if self.options.bug_state_transfer_resets_acceptor:
             consensus.promised, consensus.accepted = ZERO_BALLOT, None
         if chosen is not None:
-            self.learn_decision(key, chosen)
+            self.acceptor.learn_decision(key, chosen)
         for first_version in [v for v in consensus.pending if v <= installed.version]:
             self._payload_misses.pop(consensus.pending.pop(first_version).ref, None)
         self._save(key)
-        self._fetch_done(("state", key))
-        self._advance(key)
+        self.fetch_done(("state", key))
+        self.acceptor.advance(key)
 
     # -- the walk of an origin's decided keys ------------------------------------
 
@@ -265,16 +276,16 @@ class CatchUp(ReplicaCore):
         self._walks[origin] = (trim_point, next_key)
         return ("meta", durable.walk_key(origin), encode_value([list(trim_point), next_key]))
 
-    def _start_walk(self, origin: int, trim_point: LogPosition):
+    def start_walk(self, origin: int, trim_point: LogPosition):
         """Begin walking `origin`'s decided keys; returns the write that records it,
         to go in one batch with the cursor it moves (R12)."""
         self._forget_fetch(("walk", origin))
         self.observer("walk_started", (self.node_id, origin))
-        self.catch_up_counts["walks_started"] += 1
+        self.core.catch_up_counts["walks_started"] += 1
         return self._walk_record(origin, trim_point, b"")
 
-    def _continue_walk(self, origin: int) -> None:
-        if len(self._catching_up) >= self.options.catch_up_keys_max:
+    def continue_walk(self, origin: int) -> None:
+        if len(self.acceptor.catching_up) >= self.options.catch_up_keys_max:
             return  # the keys already behind first; the tick asks again
         if self._due(("walk", origin)):
             trim_point, next_key = self._walks[origin]
@@ -284,15 +295,15 @@ class CatchUp(ReplicaCore):
         if self._walks.get(source) != (message.walk, message.start_key):
             return  # for a walk that ended, moved on, or was started again
         for key, instance in message.decisions:
-            self.learn_decision(key, instance)
+            self.acceptor.learn_decision(key, instance)
         self._forget_fetch(("walk", source))
         if message.next_key is None:
             del self._walks[source]
             self._write([("meta", durable.walk_key(source), None)])
             return
         self._write([self._walk_record(source, message.walk, message.next_key)])
-        self._continue_walk(source)
+        self.continue_walk(source)
 
-    def _on_catch_up_tick(self) -> None:
+    def on_tick(self) -> None:
         for origin in sorted(self._walks):
-            self._continue_walk(origin)
+            self.continue_walk(origin)

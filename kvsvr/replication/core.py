@@ -1,7 +1,7 @@
 """What every part of a replica shares: identity, storage, effects, per-key records.
 
-Theory. `replica.Replica` is one object assembled from parts, each in its
-own module and each opening with its own theory:
+Theory. `replica.Replica` is composed of parts, each an object in its own
+module that owns its state and opens with its own theory:
 
     acceptor.py    acceptor and learner: votes, decisions, applying in order
     catch_up.py    pulling what a replica lacks: payloads by ref, state by key,
@@ -11,12 +11,15 @@ own module and each opening with its own theory:
     reads.py       linearizable reads
     log_stream.py  the node's own replication log and its stream to each peer
 
-Every part is a mixin over `ReplicaCore`, which holds what they share and
-the only three ways a step acts on the world: `_write` (to storage,
-unsynced, as one batch per step; the step then asks its shell for a sync), `_send` (a message,
-which leaves after that sync) and `_reply` (a client answer, last).
-`_take_effects` hands them to the shell as one `Effects`. A part calls
-another only through the methods its module docstring names.
+Every part is a `Part` over one `ReplicaCore`, which holds what they share
+and the only three ways a step acts on the world: `_write` (to storage,
+unsynced, as one batch per step; the step then asks its shell for a sync),
+`_send` (a message, which leaves after that sync) and `_reply` (a client
+answer, last). `_take_effects` hands them to the shell as one `Effects`.
+A part calls another only through that part's public methods, reached as
+`self.<part>.<method>`, and only the parts it names in `USES`: the
+replica connects exactly those, so the graph of who calls whom is the
+`USES` lines of the six modules.
 
 The per-key consensus record (durable.KeyConsensus) is cached in memory;
 `_save` marks it changed, and it is written once at the end of the step,
@@ -58,7 +61,7 @@ class ReplicaCore:
     incarnation: int
     started: bool
 
-    def _init_core(
+    def __init__(
         self,
         node_id: int,
         members: tuple[int, ...],
@@ -130,9 +133,17 @@ class ReplicaCore:
             self._consensus[key] = found
         return found
 
-    def _save(self, key: bytes) -> None:
+    def peek_consensus(self, key: bytes, stored: bytes) -> durable.KeyConsensus:
+        """Key's record as cached, or decoded from `stored` without caching it
+        (a walk of the keys reads many once)."""
+        return self._consensus.get(key) or durable.KeyConsensus.from_record(stored, key)
+
+    def _save(self, key: bytes, *, sync: bool = True) -> None:
+        """Write key's record at the end of the step; with `sync`, nothing of
+        the step leaves before it is durable (sync=False only for a planted bug)."""
         self._unsaved_keys[key] = None
-        self._effects.sync = True
+        if sync:
+            self._effects.sync = True
 
     def _write_unsaved(self) -> None:
         if self._unsaved_keys:
@@ -144,6 +155,46 @@ class ReplicaCore:
 
     def consensus_snapshot(self, key: bytes) -> durable.KeyConsensus:
         return self._consensus_of(key)
+
+
+class Part:
+    """One part of a replica: its own state, the core's identity, storage and
+    effects, and the other parts it names in `USES` (set by `connect`)."""
+
+    USES: tuple[str, ...] = ()
+
+    def __init__(self, core: ReplicaCore) -> None:
+        self.core = core
+        self.node_id = core.node_id
+        self.members = core.members
+        self.peers = core.peers
+        self.majority = core.majority
+        self.storage = core.storage
+        self.keyspace = core.keyspace
+        self.rng = core.rng
+        self.options = core.options
+        self.limits = core.limits
+        self.observer = core.observer
+        self._write = core._write
+        self._send = core._send
+        self._broadcast = core._broadcast
+        self._reply = core._reply
+        self._consensus_of = core._consensus_of
+        self._save = core._save
+        self._applied_version = core._applied_version
+
+    @property
+    def now(self) -> int:
+        return self.core.now
+
+    @property
+    def incarnation(self) -> int:
+        return self.core.incarnation
+
+    def connect(self, **parts: Part) -> None:
+        assert set(parts) == set(self.USES), (type(self).__name__, sorted(parts), self.USES)
+        for name, part in parts.items():
+            setattr(self, name, part)
 
 
 def ignore_event(event: str, details: Any) -> None:

@@ -43,18 +43,19 @@ The stream is an optimisation and a bulk path, never the only one: a
 decision may exist in no stream (its coordinator crashed before logging
 it), so catch-up pulls what is missing (catch_up.py).
 
-Calls into other parts: `learn_decision`, `_on_payload_stored`
-(acceptor.py), `_store_payload`, `_payload_pinned` (payloads.py),
-`_start_walk` (catch_up.py).
+Calls into other parts (its `USES`; the replica connects exactly these):
+acceptor: `learn_decision`, `on_payload_stored`; catch_up: `continue_walk`,
+`start_walk`; payloads: `payload_pinned`, `store_payload`.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+from typing import TYPE_CHECKING
 
 from kvsvr.replication import durable
-from kvsvr.replication.core import ReplicaCore, decode_value, encode_value
+from kvsvr.replication.core import Part, ReplicaCore, decode_value, encode_value
 from kvsvr.replication.messages import (
     LOG_START,
     DecisionRecord,
@@ -66,6 +67,11 @@ from kvsvr.replication.messages import (
     StreamTrimmed,
 )
 
+if TYPE_CHECKING:
+    from kvsvr.replication.acceptor import Acceptor
+    from kvsvr.replication.catch_up import CatchUp
+    from kvsvr.replication.payloads import PayloadStore
+
 
 @dataclasses.dataclass
 class StreamOut:
@@ -74,8 +80,14 @@ class StreamOut:
     last_progress_tick: int = 0
 
 
-class LogStream(ReplicaCore):
-    def _init_log_stream(self) -> None:
+class LogStream(Part):
+    USES = ("acceptor", "catch_up", "payloads")
+    acceptor: Acceptor
+    catch_up: CatchUp
+    payloads: PayloadStore
+
+    def __init__(self, core: ReplicaCore) -> None:
+        super().__init__(core)
         self._log_next_seq = 1
         self._log_last: LogPosition = LOG_START
         self._log_trimmed_through: LogPosition = LOG_START
@@ -90,7 +102,7 @@ class LogStream(ReplicaCore):
         self._log_tail_records: list[LogRecord] = []
         self._log_tail_after: LogPosition = LOG_START
 
-    def _load_log_state(self) -> None:
+    def load_log_state(self) -> None:
         """At start: find the log's tail, its trim point and the cursors of every origin."""
         stored_trim_point = self.storage.get("meta", durable.LOG_TRIMMED_KEY)
         if stored_trim_point is not None:
@@ -110,17 +122,23 @@ class LogStream(ReplicaCore):
 
     # -- the log -----------------------------------------------------------------
 
-    def _next_log_position(self) -> LogPosition:
+    def next_log_position(self) -> LogPosition:
         position = (self.incarnation, self._log_next_seq)
         self._log_next_seq += 1
         return position
+
+    def positions_held(self) -> dict[int, LogPosition]:
+        """How far each origin's log is held here, this node's own included."""
+        held = dict(self._cursors)
+        held[self.node_id] = self._log_last
+        return held
 
     @property
     def log_trimmed_through(self) -> LogPosition:
         """The last position this origin trimmed (R11); LOG_START if none."""
         return self._log_trimmed_through
 
-    def _append_log(self, position: LogPosition, record: LogRecord) -> None:
+    def append_log(self, position: LogPosition, record: LogRecord) -> None:
         assert position > self._log_last, (
             f"log position {position} is not after the last one, {self._log_last}"
         )
@@ -152,7 +170,7 @@ class LogStream(ReplicaCore):
             for stored_key, stored in found
         )
 
-    def _trim_log(self) -> None:
+    def trim_log(self) -> None:
         """R11: drop records every peer acknowledged, and the oldest beyond retention."""
         acks = [stream.acked for stream in self._streams.values()]
         floor = min(acks) if None not in acks and acks else None
@@ -167,7 +185,7 @@ class LogStream(ReplicaCore):
             if excess <= 0 and (floor is None or position > floor):
                 break
             record = durable.log_record_from_bytes(stored, stored_key)
-            if isinstance(record, PayloadRecord) and self._payload_pinned(record.key, record.ref):
+            if isinstance(record, PayloadRecord) and self.payloads.payload_pinned(record.key, record.ref):
                 # Pinned payloads survive trimming, in the payloads column family.
                 writes.append(
                     ("payloads", durable.ref_key(record.ref), encode_value([record.key, record.payload]))
@@ -185,7 +203,7 @@ class LogStream(ReplicaCore):
 
     # -- sending -----------------------------------------------------------------
 
-    def _pump_streams(self) -> None:
+    def pump_streams(self) -> None:
         """Send each peer the log records after what was sent, within its window."""
         for peer, stream in self._streams.items():
             if stream.acked is None or stream.sent >= self._log_last:
@@ -232,11 +250,11 @@ class LogStream(ReplicaCore):
             self._cursors[source] = cursor
             self._write(
                 [
-                    self._start_walk(source, trim_point),
+                    self.catch_up.start_walk(source, trim_point),
                     ("cursors", durable.origin_key(source), encode_value(list(cursor))),
                 ]
             )
-            self._continue_walk(source)
+            self.catch_up.continue_walk(source)
         self._send(source, StreamAck(cursor))
         self._last_ack_tick[source] = self.now
 
@@ -251,22 +269,22 @@ class LogStream(ReplicaCore):
                 continue  # already held: storing is idempotent
             match record:
                 case PayloadRecord(ref=ref, key=key, payload=payload):
-                    if not self._store_payload(ref, key, payload):
+                    if not self.payloads.store_payload(ref, key, payload):
                         break  # corrupt: don't act on it, don't ack past it (invariant 5)
                     touched_refs.append((ref, key))
                 case DecisionRecord(key=key, instance=instance):
-                    self.learn_decision(key, instance)
+                    self.acceptor.learn_decision(key, instance)
             cursor = position
         self._cursors[source] = cursor
         self._write([("cursors", durable.origin_key(source), encode_value(list(cursor)))])
         self._send(source, StreamAck(cursor))
         self._last_ack_tick[source] = self.now
         for ref, key in touched_refs:
-            self._on_payload_stored(ref, key)
+            self.acceptor.on_payload_stored(ref, key)
 
     # -- time --------------------------------------------------------------------
 
-    def _on_stream_tick(self) -> None:
+    def on_tick(self) -> None:
         for stream in self._streams.values():
             if stream.acked is not None and stream.sent > stream.acked and (
                 self.now - stream.last_progress_tick >= self.options.stream_retransmit_ticks

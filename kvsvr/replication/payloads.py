@@ -30,25 +30,36 @@ always holds one or the other: a decided instance was accepted by a
 majority, whose votes pin its payload until each of them learns the
 decision, which pins it as pending until applied.
 
-Calls into other parts: `_proposers` (proposer.py, for in-flight refs).
+Calls into other parts (its `USES`; the replica connects exactly these):
+log_stream: `positions_held`; proposer: `pins`.
 """
 
 from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING
 
 import crc32c
 
 from kvsvr.replication import durable
-from kvsvr.replication.core import ReplicaCore, decode_value, encode_value
+from kvsvr.replication.core import Part, ReplicaCore, decode_value, encode_value
 from kvsvr.replication.messages import LogPosition, PayloadRecord, Ref
+
+if TYPE_CHECKING:
+    from kvsvr.replication.log_stream import LogStream
+    from kvsvr.replication.proposer import Proposer
 
 # How often, as a fraction of payload_keep_ticks, a node notes how far it holds each log.
 _MARKS_PER_KEEP = 4
 
 
-class PayloadStore(ReplicaCore):
-    def _init_payloads(self) -> None:
+class PayloadStore(Part):
+    USES = ("log_stream", "proposer")
+    log_stream: LogStream
+    proposer: Proposer
+
+    def __init__(self, core: ReplicaCore) -> None:
+        super().__init__(core)
         # (tick, {origin: position held then}), oldest first
         self._payload_marks: collections.deque = collections.deque()
         self._next_payload_mark_tick = 0
@@ -57,7 +68,7 @@ class PayloadStore(ReplicaCore):
         self._payload_collect_bound: dict[int, LogPosition] = {}
         self._payload_collect_from: dict[int, bytes] = {}
 
-    def _payload_entry(self, ref: Ref) -> tuple[bytes, bytes] | None:
+    def payload_entry(self, ref: Ref) -> tuple[bytes, bytes] | None:
         """(key, payload bytes) of `ref`, from wherever this node holds it."""
         stored = self.storage.get("payloads", durable.ref_key(ref))
         if stored is not None:
@@ -72,21 +83,21 @@ class PayloadStore(ReplicaCore):
                     return record.key, record.payload
         return None
 
-    def _payload(self, ref: Ref) -> bytes | None:
-        entry = self._payload_entry(ref)
+    def payload(self, ref: Ref) -> bytes | None:
+        entry = self.payload_entry(ref)
         return None if entry is None else entry[1]
 
-    def _store_payload(self, ref: Ref, key: bytes, payload: bytes) -> bool:
+    def store_payload(self, ref: Ref, key: bytes, payload: bytes) -> bool:
         """Store a payload received from a peer; False (and nothing stored) if corrupt."""
         if crc32c.crc32c(payload) != ref[3]:
             self.observer("corrupt_payload", (self.node_id, ref))
             return False
         self.observer("payload", (ref, payload))
-        if self._payload_entry(ref) is None:
+        if self.payload_entry(ref) is None:
             self._write([("payloads", durable.ref_key(ref), encode_value([key, payload]))])
         return True
 
-    def _payload_pinned(self, key: bytes, ref: Ref) -> bool:
+    def payload_pinned(self, key: bytes, ref: Ref) -> bool:
         consensus = self._consensus_of(key)
         if (
             consensus.accepted is not None
@@ -96,24 +107,13 @@ class PayloadStore(ReplicaCore):
             return True
         if any(instance.ref == ref for instance in consensus.pending.values()):
             return True
-        proposer = self._proposers.get(key)
-        if proposer is not None:
-            if proposer.accept is not None and proposer.accept.instance.ref == ref:
-                return True
-            if any(
-                proposed_ref == ref
-                for proposals in proposer.proposed.values()
-                for proposed_ref, _writes in proposals
-            ):
-                return True
-        return False
+        return self.proposer.pins(key, ref)
 
-    def _collect_payloads(self) -> None:
+    def collect(self) -> None:
         """On tick: note how far each log is held; delete old unpinned payloads."""
         keep = self.options.payload_keep_ticks
         if self.now >= self._next_payload_mark_tick:
-            held = dict(self._cursors)
-            held[self.node_id] = self._log_last
+            held = self.log_stream.positions_held()
             self._payload_marks.append((self.now, held))
             self._next_payload_mark_tick = self.now + max(1, keep // _MARKS_PER_KEEP)
         while self._payload_marks and self._payload_marks[0][0] <= self.now - keep:
@@ -133,7 +133,7 @@ class PayloadStore(ReplicaCore):
             for stored_key, stored in found:
                 key, _payload = decode_value(stored, stored_key)
                 ref = durable.ref_from_key(stored_key)
-                if not self._payload_pinned(key, ref):
+                if not self.payload_pinned(key, ref):
                     deletes.append(("payloads", stored_key, None))
             self._write(deletes)
             if len(found) < limit:

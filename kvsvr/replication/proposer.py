@@ -38,15 +38,17 @@ nothing is inferred from the local acceptor's record.
    unchanged, under the new ballot. Without this, coordinators that all
    lost a duel on a key would each wait for a decision none of them makes.
 
-Calls into other parts: `learn_decision`, `_advance` (acceptor.py),
-`_start_read` (reads.py, for R7), `_next_log_position`, `_append_log`
-(log_stream.py).
+Calls into other parts (its `USES`; the replica connects exactly these):
+acceptor: `advance`, `learn_decision`, `on_payload_stored`; log_stream:
+`append_log`, `next_log_position`; payloads: `payload`, `store_payload`;
+reads: `start_read`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import TYPE_CHECKING
 
 import cbor2
 import crc32c
@@ -55,7 +57,7 @@ from kvsvr.core import model
 from kvsvr.core.requests import Write
 from kvsvr.protocol.errors import ConditionFailed, KvError, Timeout, TooLarge
 from kvsvr.replication import durable
-from kvsvr.replication.core import ReplicaCore, votes_after
+from kvsvr.replication.core import Part, ReplicaCore, votes_after
 from kvsvr.replication.messages import (
     Accept,
     Accepted,
@@ -69,6 +71,12 @@ from kvsvr.replication.messages import (
     Ref,
 )
 from kvsvr.replication.options import payload_size_max_bytes
+
+if TYPE_CHECKING:
+    from kvsvr.replication.acceptor import Acceptor
+    from kvsvr.replication.log_stream import LogStream
+    from kvsvr.replication.payloads import PayloadStore
+    from kvsvr.replication.reads import Reads
 
 
 @dataclasses.dataclass
@@ -112,8 +120,15 @@ class KeyProposer:
     proposed_instances: dict[Ref, Instance] = dataclasses.field(default_factory=dict)
 
 
-class Proposer(ReplicaCore):
-    def _init_proposer(self) -> None:
+class Proposer(Part):
+    USES = ("acceptor", "log_stream", "payloads", "reads")
+    acceptor: Acceptor
+    log_stream: LogStream
+    payloads: PayloadStore
+    reads: Reads
+
+    def __init__(self, core: ReplicaCore) -> None:
+        super().__init__(core)
         self._proposers: dict[bytes, KeyProposer] = {}
         # The keys whose proposer has something the tick must time (a round,
         # queued or proposed writes, a wanted recovery), in the order they
@@ -124,10 +139,10 @@ class Proposer(ReplicaCore):
         # promise was already held) or "prepared" (a Prepare round first).
         self.writes_decided: collections.Counter = collections.Counter()
 
-    def _submit_write(self, request_id: int, request: Write, deadline: int) -> None:
+    def submit_write(self, request_id: int, request: Write, deadline: int) -> None:
         proposer = self._proposer(request.key)
         proposer.queue.append(ClientWrite(request_id, request, deadline))
-        self._drive(request.key)
+        self.drive(request.key)
 
     def _proposer(self, key: bytes) -> KeyProposer:
         proposer = self._proposers.get(key)
@@ -140,7 +155,31 @@ class Proposer(ReplicaCore):
         self._proposers_ticking[key] = None
         return proposer
 
-    def _drive(self, key: bytes) -> None:
+    def pins(self, key: bytes, ref: Ref) -> bool:
+        """Whether `ref` is in flight or proposed here for `key` (its payload
+        must not be collected: payloads.py)."""
+        proposer = self._proposers.get(key)
+        if proposer is None:
+            return False
+        if proposer.accept is not None and proposer.accept.instance.ref == ref:
+            return True
+        return any(
+            proposed_ref == ref
+            for proposals in proposer.proposed.values()
+            for proposed_ref, _writes in proposals
+        )
+
+    def want_recovery(self, key: bytes) -> None:
+        """Run a recovery round for `key` (a read found votes it cannot settle)."""
+        self._proposer(key).recovery_wanted = True
+        self.drive(key)
+
+    def retry_write(self, key: bytes, write: ClientWrite) -> None:
+        """Put a write back at the head of the queue (its condition's state moved on)."""
+        self._proposer(key).queue.appendleft(write)
+        self.drive(key)
+
+    def drive(self, key: bytes) -> None:
         """Move key's proposer forward as far as it can go now."""
         proposer = self._proposers.get(key)
         if proposer is None:
@@ -157,7 +196,7 @@ class Proposer(ReplicaCore):
             return
         consensus = self._consensus_of(key)
         if self._applied_version(key) < consensus.chosen_version:
-            self._advance(key)  # catching up; drives again once it progresses
+            self.acceptor.advance(key)  # catching up; drives again once it progresses
             return
         self._start_instance(key, proposer, consensus)
 
@@ -185,14 +224,14 @@ class Proposer(ReplicaCore):
         if proposer.phase != "preparing" or message.ballot != proposer.prepare_ballot:
             return  # a reply to an older round (R5)
         if message.chosen is not None:
-            self.learn_decision(key, message.chosen)
+            self.acceptor.learn_decision(key, message.chosen)
         if message.accepted is not None and message.accepted_payload is not None:
             ref = message.accepted.instance.ref
-            if self._store_payload(ref, key, message.accepted_payload):
-                self._on_payload_stored(ref, key)
+            if self.payloads.store_payload(ref, key, message.accepted_payload):
+                self.acceptor.on_payload_stored(ref, key)
         if not message.granted:
             self._lose_round(proposer)
-            self._drive(key)
+            self.drive(key)
             return
         proposer.promises[source] = message
         if len(proposer.promises) < self.majority:
@@ -216,11 +255,11 @@ class Proposer(ReplicaCore):
         waiting = proposer.proposed.get(decided + 1)
         if waiting:
             instance = proposer.proposed_instances.get(waiting[-1][0])
-            if instance is not None and self._payload(instance.ref) is not None:
+            if instance is not None and self.payloads.payload(instance.ref) is not None:
                 self.observer("reproposed", (self.node_id, key, instance))
                 self._send_accept(key, proposer, instance, consensus.chosen)
                 return
-        self._drive(key)
+        self.drive(key)
 
     # -- steps 3-4: conditions, the batch, Accept ------------------------------------
 
@@ -250,7 +289,7 @@ class Proposer(ReplicaCore):
                     self.options.bug_condition_failed_unconfirmed
                 ):
                     # R7: answered only once a quorum confirms this is the newest state.
-                    self._start_read(key, ("confirm", write, state.version), write.deadline)
+                    self.reads.start_read(key, ("confirm", write, state.version), write.deadline)
                 else:
                     self._reply(write.request_id, error)
                 continue
@@ -280,10 +319,10 @@ class Proposer(ReplicaCore):
             write.fast_path = not proposer.promise_fresh
         proposer.promise_fresh = False
         payload = cbor2.dumps(mutations)
-        position = self._next_log_position()
+        position = self.log_stream.next_log_position()
         ref: Ref = (self.node_id, self.incarnation, position[1], crc32c.crc32c(payload))
         self.observer("payload", (ref, payload))
-        self._append_log(position, PayloadRecord(ref, key, payload))  # our payloads live in our log
+        self.log_stream.append_log(position, PayloadRecord(ref, key, payload))  # our payloads live in our log
         instance = Instance(consensus.chosen_version + 1, len(batch), ref)
         proposer.proposed.setdefault(instance.first_version, []).append((ref, batch))
         proposer.proposed_instances[ref] = instance
@@ -309,9 +348,9 @@ class Proposer(ReplicaCore):
             proposer.round_seen = max(proposer.round_seen, message.promised[0])
         if message.outcome == "already_chosen":
             if message.decided is not None:
-                self.learn_decision(key, message.decided)
+                self.acceptor.learn_decision(key, message.decided)
             if message.chosen is not None:
-                self.learn_decision(key, message.chosen)
+                self.acceptor.learn_decision(key, message.chosen)
         if (
             proposer is None
             or proposer.phase != "accepting"
@@ -337,7 +376,7 @@ class Proposer(ReplicaCore):
             if self.options.bug_rejected_writes_requeued:
                 for _ref, writes in proposer.proposed.pop(message.instance.first_version, ()):
                     proposer.queue.extendleft(reversed(writes))
-        self._drive(key)
+        self.drive(key)
 
     def _on_chosen(self, key: bytes, proposer: KeyProposer) -> None:
         instance = proposer.accept.instance
@@ -346,15 +385,15 @@ class Proposer(ReplicaCore):
         proposer.accept = None
         for peer in self.peers:
             self._send(peer, Commit(key, instance))
-        self.learn_decision(key, instance)
+        self.acceptor.learn_decision(key, instance)
         # Logged after the acceptor record that holds it as chosen: a crash keeps
         # a prefix of the writes, so whenever the Decision record survives, so
         # does `chosen`, and a peer handed to state transfer finds every logged
         # decision by walking our keys (R11).
-        self._append_log(self._next_log_position(), DecisionRecord(key, instance))
-        self._drive(key)
+        self.log_stream.append_log(self.log_stream.next_log_position(), DecisionRecord(key, instance))
+        self.drive(key)
 
-    def _settle_proposed(self, key: bytes, decided: Instance) -> None:
+    def settle_proposed(self, key: bytes, decided: Instance) -> None:
         """Answer or requeue the writes proposed at versions `decided` covers (R9)."""
         proposer = self._proposers.get(key)
         if proposer is None or not proposer.proposed:
@@ -389,7 +428,7 @@ class Proposer(ReplicaCore):
         if self.options.bug_no_backoff:
             proposer.backoff_until = self.now
 
-    def _on_proposers_tick(self) -> None:
+    def on_tick(self) -> None:
         for key in list(self._proposers_ticking):
             self._on_proposer_tick(key)
 
@@ -417,7 +456,7 @@ class Proposer(ReplicaCore):
                 for member in self.members:
                     if member not in answered:
                         self._send(member, message)
-        self._drive(key)
+        self.drive(key)
         if (
             proposer.phase == "idle"
             and not proposer.queue

@@ -25,20 +25,26 @@ condition failed on the coordinator's state at v is answered
 `condition_failed` only if a quorum read then finds v still the newest;
 otherwise it goes back to the proposer's queue.
 
-Calls into other parts: `learn_decision`, `_advance` (acceptor.py),
-`_proposer`, `_drive` (proposer.py).
+Calls into other parts (its `USES`; the replica connects exactly these):
+acceptor: `advance`, `learn_decision`; proposer: `retry_write`,
+`want_recovery`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import TYPE_CHECKING
 
 from kvsvr.core import model
 from kvsvr.core.requests import Get
 from kvsvr.protocol.errors import KvError, Timeout
-from kvsvr.replication.core import ReplicaCore, votes_after
+from kvsvr.replication.core import Part, ReplicaCore, votes_after
 from kvsvr.replication.messages import Read, ReadId, ReadReply
+
+if TYPE_CHECKING:
+    from kvsvr.replication.acceptor import Acceptor
+    from kvsvr.replication.proposer import Proposer
 
 
 @dataclasses.dataclass
@@ -54,13 +60,18 @@ class PendingRead:
     target_version: int | None = None  # set once a quorum settled it
 
 
-class Reads(ReplicaCore):
-    def _init_reads(self) -> None:
+class Reads(Part):
+    USES = ("acceptor", "proposer")
+    acceptor: Acceptor
+    proposer: Proposer
+
+    def __init__(self, core: ReplicaCore) -> None:
+        super().__init__(core)
         self._reads: dict[ReadId, PendingRead] = {}
         self._reads_waiting_apply: dict[bytes, list[PendingRead]] = collections.defaultdict(list)
         self._next_read_seq = 1
 
-    def _start_read(self, key: bytes, purpose: tuple, deadline: int) -> None:
+    def start_read(self, key: bytes, purpose: tuple, deadline: int) -> None:
         # The incarnation makes the id unique across restarts (R1): replies to
         # a read of an earlier incarnation, still queued, never match.
         read_id = (self.incarnation, self._next_read_seq)
@@ -89,7 +100,7 @@ class Reads(ReplicaCore):
             return
         read.replies[source] = message
         if message.chosen is not None:
-            self.learn_decision(message.key, message.chosen)
+            self.acceptor.learn_decision(message.key, message.chosen)
         if len(read.replies) < self.majority:
             return
         decided = max(
@@ -102,7 +113,7 @@ class Reads(ReplicaCore):
         if above:
             same = collections.Counter(above).most_common(1)[0]
             if same[1] >= self.majority:
-                self.learn_decision(read.key, same[0].instance)
+                self.acceptor.learn_decision(read.key, same[0].instance)
                 decided_version = same[0].instance.last_version
             else:
                 # An instance may be in flight: ask again shortly, and after a
@@ -111,9 +122,7 @@ class Reads(ReplicaCore):
                 read.replies = {}
                 read.retry_at = self.now + self.options.round_timeout_ticks
                 if read.retries > self.options.read_retries_before_recovery:
-                    proposer = self._proposer(read.key)
-                    proposer.recovery_wanted = True
-                    self._drive(read.key)
+                    self.proposer.want_recovery(read.key)
                 return
         read.target_version = decided_version
         if (
@@ -123,7 +132,18 @@ class Reads(ReplicaCore):
             self._finish_read(read)
         else:
             self._reads_waiting_apply[read.key].append(read)
-            self._advance(read.key)
+            self.acceptor.advance(read.key)
+
+    def on_tick(self) -> None:
+        for read in list(self._reads.values()):
+            self._on_read_tick(read)
+
+    def waiting_apply(self, key: bytes) -> bool:
+        """Whether a read of `key` waits for the local replica to apply a version."""
+        return bool(self._reads_waiting_apply.get(key))
+
+    def keys_waiting_apply(self):
+        return self._reads_waiting_apply.keys()
 
     def _on_read_tick(self, read: PendingRead) -> None:
         if read.deadline <= self.now:
@@ -139,7 +159,7 @@ class Reads(ReplicaCore):
                 if member not in read.replies:
                     self._send(member, Read(read.key, read.read_id))
 
-    def _finish_reads_applied(self, key: bytes, applied_version: int) -> None:
+    def finish_reads_applied(self, key: bytes, applied_version: int) -> None:
         waiting = self._reads_waiting_apply.pop(key)
         still = [read for read in waiting if read.target_version > applied_version]
         if still:
@@ -151,7 +171,7 @@ class Reads(ReplicaCore):
     def _finish_read(self, read: PendingRead) -> None:
         self._reads.pop(read.read_id, None)
         if read.purpose[0] == "client":
-            self._answer_read(read.purpose)
+            self.answer_read(read.purpose)
             return
         _, write, version_checked = read.purpose
         if read.target_version == version_checked and self._applied_version(read.key) == (
@@ -164,8 +184,7 @@ class Reads(ReplicaCore):
                 self._reply(write.request_id, error)
                 return
         # The state moved on since the check: try the write again.
-        self._proposer(read.key).queue.appendleft(write)
-        self._drive(read.key)
+        self.proposer.retry_write(read.key, write)
 
     def _fail_read(self, read: PendingRead, error: KvError) -> None:
         if read.purpose[0] == "client":
@@ -173,7 +192,7 @@ class Reads(ReplicaCore):
         else:
             self._reply(read.purpose[1].request_id, Timeout("condition not confirmed in time"))
 
-    def _answer_read(self, purpose: tuple) -> None:
+    def answer_read(self, purpose: tuple) -> None:
         _, request_id, request = purpose
         try:
             if isinstance(request, Get):

@@ -8,8 +8,10 @@ same path as everyone else), and `tick()` for the passing of time. It
 never awaits, reads a clock or draws an unseeded random number; it writes
 to its storage unsynced and asks the shell to sync before anything leaves.
 
-Every node plays every part for every key of its group; each part has its
-own module, which opens with its theory:
+Every node plays every part for every key of its group. Each part is an
+object that owns its state, in its own module that opens with its theory,
+and reaches the others only through their public methods
+(`self.proposer.drive(key)`), and only those it names in its `USES`:
 
 - acceptor.py: the acceptor (Prepare, Accept; R4, R5, R8) and the learner
   (decisions from anywhere, applied in version order);
@@ -24,10 +26,13 @@ own module, which opens with its theory:
 - payloads.py: where payload bytes live, what pins them, collecting them;
 - core.py: what they share (identity, storage, effects, per-key records).
 
-This module assembles them and holds the one dispatch point: `step`
-routes every message to its `on_<message>` handler, once the message has
+This module composes them (`Replica.acceptor`, `.proposer`, `.reads`,
+`.catch_up`, `.log_stream`, `.payloads`, over one `core`), connects each to
+the parts it uses, and holds the one dispatch point: `step` routes every
+message to the handler of the part it belongs to, once the message has
 passed the checks of peer_input.py (a peer is outside: a message that fails
-them raises PeerInputError before anything changes).
+them raises PeerInputError before anything changes). tests/replication/
+test_parts.py checks that no part reaches into another's private state.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from kvsvr.protocol.limits import DEFAULT_LIMITS, Limits
 from kvsvr.replication import durable
 from kvsvr.replication.acceptor import Acceptor
 from kvsvr.replication.catch_up import CatchUp
-from kvsvr.replication.core import decode_int, encode_value
+from kvsvr.replication.core import Part, ReplicaCore, decode_int, encode_value
 from kvsvr.replication.log_stream import LogStream
 from kvsvr.replication.messages import (
     ZERO_BALLOT,
@@ -77,7 +82,9 @@ if TYPE_CHECKING:
     import random
 
 
-class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
+class Replica(Part):
+    """The parts of one replica, composed: the only object a shell touches."""
+
     def __init__(
         self,
         node_id: int,
@@ -89,13 +96,40 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
         observer: Callable[[str, Any], None] | None = None,
     ):
         check_consistent(options, limits)  # ValueError: limits that contradict each other
-        self._init_core(node_id, members, storage, rng, options, limits, observer)
-        self._init_acceptor()
-        self._init_catch_up()
-        self._init_proposer()
-        self._init_reads()
-        self._init_log_stream()
-        self._init_payloads()
+        core = ReplicaCore(node_id, members, storage, rng, options, limits, observer)
+        super().__init__(core)
+        self.acceptor = Acceptor(core)
+        self.catch_up = CatchUp(core)
+        self.proposer = Proposer(core)
+        self.reads = Reads(core)
+        self.log_stream = LogStream(core)
+        self.payloads = PayloadStore(core)
+        for part in (self.acceptor, self.catch_up, self.proposer, self.reads, self.log_stream,
+                     self.payloads):
+            part.connect(**{name: getattr(self, name) for name in part.USES})
+        self._take_effects = core._take_effects
+
+    # -- what a shell or a test may read -------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self.core.started
+
+    @property
+    def writes_decided(self):
+        """Writes answered success, by path ("fast_path" or "prepared")."""
+        return self.proposer.writes_decided
+
+    @property
+    def catch_up_counts(self):
+        return self.core.catch_up_counts
+
+    def consensus_snapshot(self, key: bytes):
+        return self.core.consensus_snapshot(key)
+
+    @property
+    def log_trimmed_through(self):
+        return self.log_stream.log_trimmed_through
 
     # -- the four entry points -------------------------------------------------
 
@@ -104,13 +138,13 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
         assert not self.started
         stored = self.storage.get("meta", durable.INCARNATION_KEY)
         previous = 0 if stored is None else decode_int(stored, durable.INCARNATION_KEY)
-        self.incarnation = previous + 1
+        self.core.incarnation = previous + 1
         if self.options.bug_incarnation_not_raised:
-            self.incarnation = max(previous, 1)
+            self.core.incarnation = max(previous, 1)
         self._write([("meta", durable.INCARNATION_KEY, encode_value(self.incarnation))])
-        self._load_log_state()
-        self._load_walks()
-        self.started = True
+        self.log_stream.load_log_state()
+        self.catch_up.load_walks()
+        self.core.started = True
         return self._take_effects()
 
     def submit(self, request_id: int, request: Request) -> Effects:
@@ -118,16 +152,16 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
         deadline = self.now + self.options.client_timeout_ticks
         match request:
             case Write():
-                self._submit_write(request_id, request, deadline)
+                self.proposer.submit_write(request_id, request, deadline)
             case Get() | Sync() | TableGet() | TableRows():
                 if self.options.bug_read_without_quorum:
-                    self._answer_read(("client", request_id, request))
+                    self.reads.answer_read(("client", request_id, request))
                 else:
-                    self._start_read(request.key, ("client", request_id, request), deadline)
+                    self.reads.start_read(request.key, ("client", request_id, request), deadline)
             case _:
                 self._reply(request_id, Unavailable(f"{type(request).__name__} is not served here"))
         if self.options.stream_pump_each_step:
-            self._pump_streams()
+            self.log_stream.pump_streams()
         return self._take_effects()
 
     def step(self, source: int, message: Message) -> Effects:
@@ -139,41 +173,41 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
             self._check_against_state(message)
         match message:
             case Prepare():
-                self.on_prepare(source, message)
+                self.acceptor.on_prepare(source, message)
             case Promise():
-                self.on_promise(source, message)
+                self.proposer.on_promise(source, message)
             case Accept():
-                self.on_accept(source, message)
+                self.acceptor.on_accept(source, message)
             case Accepted():
-                self.on_accepted(source, message)
+                self.proposer.on_accepted(source, message)
             case Commit():
-                self.learn_decision(message.key, message.instance)
+                self.acceptor.learn_decision(message.key, message.instance)
             case Read():
-                self.on_read(source, message)
+                self.reads.on_read(source, message)
             case ReadReply():
-                self.on_read_reply(source, message)
+                self.reads.on_read_reply(source, message)
             case FetchPayload():
-                self.on_fetch_payload(source, message)
+                self.catch_up.on_fetch_payload(source, message)
             case PayloadReply():
-                self.on_payload_reply(source, message)
+                self.catch_up.on_payload_reply(source, message)
             case FetchState():
-                self.on_fetch_state(source, message)
+                self.catch_up.on_fetch_state(source, message)
             case StateReply():
-                self.on_state_reply(source, message)
+                self.catch_up.on_state_reply(source, message)
             case FetchDecisions():
-                self.on_fetch_decisions(source, message)
+                self.catch_up.on_fetch_decisions(source, message)
             case DecisionsReply():
-                self.on_decisions_reply(source, message)
+                self.catch_up.on_decisions_reply(source, message)
             case StreamRecords():
-                self.on_stream_records(source, message)
+                self.log_stream.on_stream_records(source, message)
             case StreamAck():
-                self.on_stream_ack(source, message)
+                self.log_stream.on_stream_ack(source, message)
             case StreamTrimmed():
-                self.on_stream_trimmed(source, message)
+                self.log_stream.on_stream_trimmed(source, message)
             case _:
                 raise AssertionError(f"unknown message {message!r}")
         if self.options.stream_pump_each_step:
-            self._pump_streams()
+            self.log_stream.pump_streams()
         return self._take_effects()
 
     # -- peer input against what this replica knows -----------------------------
@@ -238,7 +272,7 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
             self._check_count(key, instance, arriving.get(instance.ref))
 
     def _check_count(self, key: bytes, instance: Instance, payload: bytes | None = None) -> None:
-        payload = payload or self._payload(instance.ref)
+        payload = payload or self.payloads.payload(instance.ref)
         if payload is not None and held_payload_count(payload) != instance.count:
             raise PeerInputError(f"{instance} of {key!r} disagrees with its payload's size")
 
@@ -257,23 +291,22 @@ class Replica(Acceptor, CatchUp, Proposer, Reads, LogStream, PayloadStore):
         """Send each peer the log records it has not been sent (see
         `ReplicaOptions.stream_pump_each_step`)."""
         assert self.started
-        self._pump_streams()
+        self.log_stream.pump_streams()
         return self._take_effects()
 
     def tick(self) -> Effects:
         assert self.started
-        self.now += 1
-        self._on_proposers_tick()
-        for read in list(self._reads.values()):
-            self._on_read_tick(read)
+        self.core.now += 1
+        self.proposer.on_tick()
+        self.reads.on_tick()
         # Sorted: set order depends on the hash seed, and a run must replay from its seed.
-        for key in sorted(self._catching_up | self._reads_waiting_apply.keys()):
-            self._advance(key)
-        self._on_catch_up_tick()
-        self._on_stream_tick()
-        self._trim_log()
-        self._collect_payloads()
-        self._pump_streams()
+        for key in sorted(self.acceptor.catching_up | self.reads.keys_waiting_apply()):
+            self.acceptor.advance(key)
+        self.catch_up.on_tick()
+        self.log_stream.on_tick()
+        self.log_stream.trim_log()
+        self.payloads.collect()
+        self.log_stream.pump_streams()
         return self._take_effects()
 
 

@@ -73,13 +73,13 @@ def test_stream_resumes_from_the_durable_cursor_after_a_restart():
     group.run(1)
     write_all(group, 1, [b"a", b"b"])
     group.run(30)
-    cursor = group.replica(2)._cursors[1]
+    cursor = group.replica(2).log_stream._cursors[1]
     group.crash(2)
     write_all(group, 1, [b"c", b"d"], matches=none_of(between(None, 2)))
     group.start(2)
-    assert group.replica(2)._cursors[1] == cursor  # resumes where it was, not from the start
+    assert group.replica(2).log_stream._cursors[1] == cursor  # resumes where it was, not from the start
     group.run_until(lambda: group.replica(2).keyspace.key_state(KEY).version == 4)
-    assert group.replica(2)._cursors[1] > cursor
+    assert group.replica(2).log_stream._cursors[1] > cursor
     first_batch_after = next(
         m for s, d, m in group.sent if (s, d) == (1, 2) and isinstance(m, StreamRecords)
         and m.records[0][0] > cursor
@@ -93,11 +93,11 @@ def test_invariant_5_corrupt_stream_payload_is_neither_stored_nor_acked():
     payload = cbor2.dumps([["put", b"x"]])
     ref = (1, 1, 7, crc32c.crc32c(payload))
     tampered = PayloadRecord(ref, KEY, cbor2.dumps([["put", b"y"]]))
-    cursor = group.replica(2)._cursors.get(1, (0, 0))
+    cursor = group.replica(2).log_stream._cursors.get(1, (0, 0))
     effects = group.step(1, 2, StreamRecords(cursor, (((1, 7), tampered),)))
     [ack] = [m for _, m in effects.messages if isinstance(m, StreamAck)]
     assert ack.position == cursor  # not past the corrupt record
-    assert group.replica(2)._payload(ref) is None
+    assert group.replica(2).payloads.payload(ref) is None
     assert ("corrupt_payload", (2, ref)) in group.events
 
 
@@ -132,7 +132,7 @@ def test_payload_no_peer_holds_falls_back_to_state_transfer():
     first = group.replica(1).consensus_snapshot(KEY).recent[0]
     assert first.first_version == 1
     for node_id in (1, 2):
-        assert group.replica(node_id)._payload_entry(first.ref) is None
+        assert group.replica(node_id).payloads.payload_entry(first.ref) is None
     group.step(1, 3, Commit(KEY, first))  # n3 learns v1, long after
     group.run_until(lambda: group.replica(3).keyspace.key_state(KEY).version == 3)
     assert any(isinstance(m, FetchState) for s, _, m in group.sent if s == 3)
@@ -145,13 +145,13 @@ def test_r11_origin_trims_only_below_every_peers_durable_ack():
     write_all(group, 1, [b"a", b"b", b"c"], matches=none_of(between(1, 3, (StreamRecords,))))
     group.take(between(1, 3, (StreamRecords,)))
     group.run(5, matches=none_of(between(1, 3, (StreamRecords,))))
-    acked_by_3 = group.replica(1)._streams[3].acked
+    acked_by_3 = group.replica(1).log_stream._streams[3].acked
     positions = log_positions(group, 1)
     assert positions and all(position > acked_by_3 for position in positions)
-    assert group.replica(1)._streams[2].acked == positions[-1]  # n2 holds everything
+    assert group.replica(1).log_stream._streams[2].acked == positions[-1]  # n2 holds everything
     group.run(60)  # n3 catches up: the log empties
     assert log_positions(group, 1) == []
-    assert group.replica(1)._streams[3].acked == group.replica(1)._log_trimmed_through
+    assert group.replica(1).log_stream._streams[3].acked == group.replica(1).log_stream._log_trimmed_through
 
 
 def test_r11_pinned_payloads_survive_trimming():
@@ -169,7 +169,7 @@ def test_r11_pinned_payloads_survive_trimming():
     assert log_positions(group, 1) == []  # trimmed, every record
     assert group.replica(1).consensus_snapshot(KEY).accepted == Vote(accept.ballot, accept.instance)
     assert group.storages[1].get("payloads", durable.ref_key(ref)) is not None
-    assert group.replica(1)._payload(ref) == cbor2.dumps([["put", b"open"]])
+    assert group.replica(1).payloads.payload(ref) == cbor2.dumps([["put", b"open"]])
 
 
 def test_r11_peer_behind_the_trimmed_log_is_handed_to_state_transfer():
@@ -184,8 +184,8 @@ def test_r11_peer_behind_the_trimmed_log_is_handed_to_state_transfer():
         write_all(group, 1, [b"x-" + key, b"y-" + key], key=key, matches=none_of(down))
     group.run(3, matches=none_of(down))
     group.take(down)
-    trimmed = group.replica(1)._log_trimmed_through
-    assert trimmed > group.replica(1)._streams[3].acked
+    trimmed = group.replica(1).log_stream._log_trimmed_through
+    assert trimmed > group.replica(1).log_stream._streams[3].acked
     group.run_until(
         lambda: all(group.replica(3).keyspace.key_state(key).version == 2 for key in keys),
         ticks_max=600,
@@ -193,8 +193,8 @@ def test_r11_peer_behind_the_trimmed_log_is_handed_to_state_transfer():
     assert any(isinstance(m, StreamTrimmed) for s, d, m in group.sent if (s, d) == (1, 3))
     walk_pages = [m for s, d, m in group.sent if (s, d) == (3, 1) and isinstance(m, FetchDecisions)]
     assert len({m.start_key for m in walk_pages}) >= len(keys)  # one key per page
-    assert group.replica(3)._cursors[1] >= trimmed
-    assert not group.replica(3)._walks
+    assert group.replica(3).log_stream._cursors[1] >= trimmed
+    assert not group.replica(3).catch_up._walks
     for key in keys:
         assert group.replica(3).keyspace.key_state(key).value == b"y-" + key
 
@@ -209,14 +209,14 @@ def test_r11_walk_resumes_after_a_restart():
         write_all(group, 1, [key], key=key, matches=none_of(down))
     group.run(3, matches=none_of(down))
     group.take(down)
-    group.run_until(lambda: bool(group.replica(3)._walks), matches=none_of(of_type(DecisionsReply)))
-    walk = dict(group.replica(3)._walks)
+    group.run_until(lambda: bool(group.replica(3).catch_up._walks), matches=none_of(of_type(DecisionsReply)))
+    walk = dict(group.replica(3).catch_up._walks)
     group.crash(3)
     group.start(3)
-    assert group.replica(3)._walks == walk  # durable, with the cursor it moved
+    assert group.replica(3).catch_up._walks == walk  # durable, with the cursor it moved
     group.run_until(
         lambda: all(group.replica(3).keyspace.key_state(key).version == 1 for key in keys)
-        and not group.replica(3)._walks,
+        and not group.replica(3).catch_up._walks,
     )
 
 
@@ -231,7 +231,7 @@ def test_r12_state_transfer_never_lowers_promise_or_drops_accepted():
     group.step(2, 3, Prepare(KEY, high))
     payload = cbor2.dumps([["put", b"later"]])
     ref = (2, 9, 1, crc32c.crc32c(payload))
-    replica._store_payload(ref, KEY, payload)
+    replica.payloads.store_payload(ref, KEY, payload)
     vote = Vote(high, Instance(4, 1, ref))
     replica.consensus_snapshot(KEY).accepted = vote
     group.in_flight.clear()
