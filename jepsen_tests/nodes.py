@@ -1,26 +1,24 @@
 """Real node processes for tests and the fault suite: start, wait, kill, restart.
 
-A `NodeProcess` runs `python -m kvsvr serve` as a subprocess with its own
-data directory and address, its output going to a log file. `start()`
-returns once the node accepts connections (polled with a deadline, never a
-fixed sleep); `kill()` is SIGKILL, `stop()` is SIGTERM and a wait.
+A `NodeProcess` (a `processes.ServerProcess`) runs `python -m kvsvr serve`
+with its own data directory and address, its output going to a log file.
+`start()` returns once the node accepts connections (polled with a
+deadline, never a fixed sleep); `kill()` is SIGKILL, `stop()` is SIGTERM
+and a wait. `GroupProcesses` runs a replica group of them.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from jepsen_tests.processes import ServerProcess, free_port
 from kvsvr.shell.secret_file import write_secret_file
 
-START_TIMEOUT_SECONDS = 30.0
-STOP_TIMEOUT_SECONDS = 15.0
-_POLL_INTERVAL_SECONDS = 0.02
+__all__ = ["GroupProcesses", "NodeProcess", "block_host", "free_port"]
+
 ADDRESS_BLOCK_MAX = 255
 CLIENT_HOST_NUMBER = 100  # the last byte of the clients' address, past any node's
 
@@ -32,13 +30,9 @@ def block_host(address_block: int, number: int) -> str:
     return f"127.{address_block}.0.{number}"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+class NodeProcess(ServerProcess):
+    """`python -m kvsvr serve`, serving once it accepts connections."""
 
-
-class NodeProcess:
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int | None = None,
                  extra_args: tuple[str, ...] = ()):
         self.data_dir = Path(data_dir)
@@ -56,61 +50,12 @@ class NodeProcess:
         return [sys.executable, "-m", "kvsvr", "serve", "--data-dir", str(self.data_dir),
                 "--listen", self.address, *self.extra_args]
 
-    def start(self) -> NodeProcess:
-        assert self.process is None or self.process.poll() is not None, "already running"
-        log = open(self.log_path, "ab")
-        repository_root = Path(__file__).resolve().parents[1]
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(repository_root), environment.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=environment)
-        log.close()
-        self.wait_until_serving()
-        return self
+    def describe(self) -> str:
+        return f"node {self.address}"
 
-    def wait_until_serving(self, timeout_seconds: float = START_TIMEOUT_SECONDS) -> None:
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"node {self.address} exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(_POLL_INTERVAL_SECONDS)
-        raise TimeoutError(f"node {self.address} not serving after {timeout_seconds}s:\n"
-                           f"{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no flush, no goodbye (what is synced is all that survives)."""
-        self._signal_and_wait(signal.SIGKILL)
-
-    def stop(self) -> int:
-        """SIGTERM and wait for a clean exit; returns the exit code."""
-        return self._signal_and_wait(signal.SIGTERM)
-
-    def _signal_and_wait(self, signum: int) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signum)
-        try:
-            return self.process.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
-
-    def restart(self) -> NodeProcess:
-        self.kill()
-        return self.start()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    def serving(self) -> bool:
+        with socket.create_connection((self.host, self.port), timeout=1):
+            return True
 
 
 class GroupProcesses:

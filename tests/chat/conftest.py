@@ -9,8 +9,8 @@ import signal
 import pytest
 import trio
 
-from chat_service.processes import ChatServiceProcess
 from jepsen_tests.nodes import GroupProcesses
+from jepsen_tests.processes import ChatServiceProcess
 
 WAIT_SECONDS = 60.0
 
