@@ -68,17 +68,22 @@ ERROR_HEADLINES = {
     "internal": "internal error",
 }
 
-EPILOG = """\b
-Exit codes (stable; scripts may rely on them):
-  0  ok
-  1  not found (the key or row holds no value)
-  2  usage error (bad option or argument)
-  3  condition failed (the current version is printed)
-  4  unavailable or overloaded: the operation did not happen
-  5  timeout: the outcome is unknown, a write may or may not have happened
-  6  any other error from the node (bad request, too large, checksum, internal)
-  130  interrupted (Ctrl-C): a write in flight has an unknown outcome
+# The one table of exit codes: --help prints it, docs/kvctl.md shows it
+# (tests/cli/test_kvctl.py checks the two agree).
+EXIT_MEANINGS = (
+    (EXIT_OK, "ok"),
+    (EXIT_NOT_FOUND, "not found (the key or row holds no value)"),
+    (EXIT_USAGE, "usage error (bad option or argument)"),
+    (EXIT_CONDITION_FAILED, "condition failed; the current version is printed"),
+    (EXIT_UNAVAILABLE, "unavailable or overloaded: the operation did not happen"),
+    (EXIT_TIMEOUT, "timeout: the outcome is unknown, a write may or may not have happened"),
+    (EXIT_ERROR, "any other error from the node (bad request, too large, checksum, internal)"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); a write in flight has an unknown outcome"),
+)
 
+EPILOG = "\b\nExit codes (stable; scripts may rely on them):\n" + "".join(
+    f"  {code}  {meaning}\n" for code, meaning in EXIT_MEANINGS
+) + """
 \b
 Bytes: keys, values and row ids are UTF-8 text, or hex with --hex. A VALUE
 of - is read from stdin as raw bytes. Output bytes that are not UTF-8 are

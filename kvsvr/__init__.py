@@ -4,9 +4,9 @@ The folders are the layers, each depending only on those listed before it:
 
     protocol/     what crosses a wire: errors, limits, frames, addresses,
                   the peer hello's proofs (sans-IO)
+    storage/      the storage interface, in memory and on RocksDB
     core/         the data models, the keyspace over storage, records with
                   checksums, requests, the single-node engine (sans-IO)
-    storage/      the storage interface, in memory and on RocksDB
     replication/  the replica: per-key Paxos on versions, as parts driven
                   by messages and ticks (sans-IO)
     shell/        the trio shells: the client server, the replica node and

@@ -44,7 +44,7 @@ from typing import Any
 import crc32c
 import trio
 
-from kvsvr.protocol.addresses import DEFAULT_ADDRESS, parse_address_list
+from kvsvr.protocol.addresses import DEFAULT_ADDRESS, format_address, parse_address_list
 from kvsvr.protocol.errors import KvError, Timeout, Unavailable, error_from_wire
 from kvsvr.protocol.limits import DEFAULT_LIMITS
 from kvsvr.protocol.wire import (
@@ -218,7 +218,7 @@ class Client:
             raise ValueError("give cacert or ssl_context, not both")
         self.ssl_context = client_context(cacert) if cacert is not None else ssl_context
         self.addresses = [
-            _format(host, port) for host, port in parse_address_list(addresses or DEFAULT_ADDRESS)
+            format_address(host, port) for host, port in parse_address_list(addresses or DEFAULT_ADDRESS)
         ]
         self.timeout_seconds = timeout_seconds
         self._links: dict[str, _Link] = {}
@@ -457,10 +457,6 @@ def _add_condition(body: dict, expected_version: int | None, expected_value: obj
 
 def _without_none(**fields) -> dict:
     return {name: value for name, value in fields.items() if value is not None}
-
-
-def _format(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class SyncClient:

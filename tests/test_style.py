@@ -116,6 +116,29 @@ def test_every_kvsvr_module_is_sans_io_or_a_named_shell():
     assert unplaced == []
 
 
+# kvsvr's folders, lowest first: each imports only from those before it.
+KVSVR_LAYERS = ["protocol", "storage", "core", "replication", "shell"]
+
+
+def test_kvsvr_folders_import_only_the_layers_below_them():
+    violations = []
+    for index, layer in enumerate(KVSVR_LAYERS):
+        above = set(KVSVR_LAYERS[index + 1:]) | {"client", "__main__"}
+        for path in python_files(f"kvsvr/{layer}"):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                modules = []
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    modules = [node.module]
+                elif isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                for module in modules:
+                    parts = module.split(".")
+                    if parts[0] == "kvsvr" and len(parts) > 1 and parts[1] in above:
+                        violations.append(f"{path.relative_to(REPOSITORY)} imports {module}")
+    assert violations == []
+
+
 @pytest.mark.parametrize(
     "package", ["kvsvr.protocol", "kvsvr.core", "kvsvr.storage", "kvsvr.replication", "kvsvr.shell"]
 )

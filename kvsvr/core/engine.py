@@ -135,15 +135,9 @@ class Engine:
     def _get(self, key: bytes) -> Outcome:
         entry = self._dirty.get(key)
         if entry is None:
-            state = model.value_or_not_found(key, self.keyspace.key_state(key))
-            return Outcome({"value": state.value, "version": state.version})
+            return Outcome(model.get_answer(key, self.keyspace.key_state(key)))
         state, generation = entry
-
-        def answer() -> Result:
-            found = model.value_or_not_found(key, state)
-            return {"value": found.value, "version": found.version}
-
-        return Outcome(answer, generation)
+        return Outcome(lambda: model.get_answer(key, state), generation)
 
     def _write(self, request: Write) -> Outcome:
         key = request.key

@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from kvsvr.core import model, records
-from kvsvr.core.requests import Scan, Sync, TableGet, TableRows
+from kvsvr.core.requests import Get, Scan, Sync, TableGet, TableRows
 from kvsvr.protocol.errors import NotFound
-from kvsvr.storage import Storage
+from kvsvr.storage import Family, Storage
 from kvsvr.storage import Write as StorageWrite
 
 Result = dict[str, Any]
@@ -36,14 +36,14 @@ _SKIPPED_PER_ITEM_MAX = 4
 def applied_writes(key: bytes, applied: model.Applied) -> list[StorageWrite]:
     """The records that store one applied mutation of `key`."""
     new_state = applied.state
-    writes: list[StorageWrite] = [("keys", key, new_state.to_record())]
+    writes: list[StorageWrite] = [(Family.KEYS, key, new_state.to_record())]
     if applied.row_changes:
         for row_id, row in applied.row_changes:
-            writes.append(("rows", records.row_record_key(key, row_id), row.to_record()))
+            writes.append((Family.ROWS, records.row_record_key(key, row_id), row.to_record()))
         changed_row_ids = [row_id for row_id, _ in applied.row_changes]
         writes.append(
             (
-                "row_changes",
+                Family.ROW_CHANGES,
                 records.change_record_key(key, new_state.version),
                 records.encode_record(changed_row_ids),
             )
@@ -57,11 +57,11 @@ def table_writes(key: bytes, rows: list) -> list[StorageWrite]:
     writes: list[StorageWrite] = []
     changed: dict[int, list[bytes]] = {}
     for row_id, version, value in rows:
-        writes.append(("rows", records.row_record_key(key, row_id), model.Row(version, value).to_record()))
+        writes.append((Family.ROWS, records.row_record_key(key, row_id), model.Row(version, value).to_record()))
         changed.setdefault(version, []).append(row_id)
     for version, row_ids in changed.items():
         writes.append(
-            ("row_changes", records.change_record_key(key, version), records.encode_record(row_ids))
+            (Family.ROW_CHANGES, records.change_record_key(key, version), records.encode_record(row_ids))
         )
     return writes
 
@@ -81,7 +81,7 @@ class Keyspace:
         self.storage = storage
 
     def key_state(self, key: bytes) -> model.KeyState:
-        stored = self.storage.get("keys", key)
+        stored = self.storage.get(Family.KEYS, key)
         if stored is None:
             return model.KeyState()
         return model.KeyState.from_record(stored, key)
@@ -89,14 +89,16 @@ class Keyspace:
     def all_rows(self, key: bytes) -> list[tuple[bytes, model.Row]]:
         """Every row of a table, deleted ones included (for state transfer)."""
         prefix = records.table_prefix(key)
-        found = self.storage.scan("rows", prefix, records.prefix_end(prefix), 1 << 62)
+        found = self.storage.scan(Family.ROWS, prefix, records.prefix_end(prefix), 1 << 62)
         return [
             (record_key[len(prefix) :], model.Row.from_record(stored, record_key))
             for record_key, stored in found
         ]
 
-    def read(self, request: Sync | TableGet | TableRows | Scan) -> Result:
+    def read(self, request: Get | Sync | TableGet | TableRows | Scan) -> Result:
         match request:
+            case Get():
+                return model.get_answer(request.key, self.key_state(request.key))
             case Sync():
                 return self._sync(request)
             case TableGet():
@@ -126,7 +128,7 @@ class Keyspace:
             return {"version": state.version, "rows": [], "more": False}
         prefix = records.table_prefix(key)
         change_records = self.storage.scan(
-            "row_changes",
+            Family.ROW_CHANGES,
             records.change_record_key(key, request.since + 1),
             records.prefix_end(prefix),
             request.limit + 1,
@@ -150,7 +152,7 @@ class Keyspace:
 
     def row(self, key: bytes, row_id: bytes) -> model.Row | None:
         record_key = records.row_record_key(key, row_id)
-        stored = self.storage.get("rows", record_key)
+        stored = self.storage.get(Family.ROWS, record_key)
         return None if stored is None else model.Row.from_record(stored, record_key)
 
     def _table_get(self, request: TableGet) -> Result:
@@ -169,7 +171,7 @@ class Keyspace:
         state = self.table_state(key)
         prefix = records.table_prefix(key)
         found = self.storage.scan(
-            "rows",
+            Family.ROWS,
             prefix + request.start_row,
             records.prefix_end(prefix),
             request.limit * _SKIPPED_PER_ITEM_MAX,
@@ -189,7 +191,7 @@ class Keyspace:
 
     def _scan(self, request: Scan) -> Result:
         found = self.storage.scan(
-            "keys", request.start, request.end, request.limit * _SKIPPED_PER_ITEM_MAX
+            Family.KEYS, request.start, request.end, request.limit * _SKIPPED_PER_ITEM_MAX
         )
 
         def item(key: bytes, state: model.KeyState) -> list | None:

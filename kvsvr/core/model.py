@@ -26,6 +26,7 @@ import dataclasses
 
 from kvsvr.core import records
 from kvsvr.protocol.errors import BadRequest, ConditionFailed, NotFound
+from kvsvr.storage import Family
 
 KIND_KEY_VALUE = "kv"
 KIND_TABLE = "table"
@@ -42,7 +43,7 @@ class KeyState:
 
     @classmethod
     def from_record(cls, stored: bytes, key: bytes) -> KeyState:
-        body = records.decode_record(stored, column_family="keys", key=key)
+        body = records.decode_record(stored, column_family=Family.KEYS, key=key)
         assert isinstance(body, list) and len(body) == 3, f"malformed key state for {key!r}"
         version, kind, value = body
         return cls(version, kind, value)
@@ -172,6 +173,12 @@ def value_or_not_found(key: bytes, state: KeyState) -> KeyState:
     if state.value is None:
         raise NotFound(f"key {key!r} not found", version=state.version, key=key)
     return state
+
+
+def get_answer(key: bytes, state: KeyState) -> dict:
+    """The answer to a Get of `key` in `state`: its value and version, or NotFound."""
+    found = value_or_not_found(key, state)
+    return {"value": found.value, "version": found.version}
 
 
 def mutation_to_wire(mutation: Mutation) -> list:

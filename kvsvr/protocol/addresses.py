@@ -27,6 +27,11 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def format_address(host: str, port: int) -> str:
+    """`HOST:PORT`, with an IPv6 host in brackets: what parse_address reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_address_list(text: str) -> list[tuple[str, int]]:
     parts = [part for part in text.split(",") if part.strip()]
     if not parts:

@@ -48,8 +48,18 @@ from kvsvr.replication.core import (
     remember_decision,
     state_digest,
 )
-from kvsvr.replication.messages import Accept, Accepted, Instance, Prepare, Promise, Ref, Vote
+from kvsvr.replication.messages import (
+    Accept,
+    Accepted,
+    AcceptOutcome,
+    Instance,
+    Prepare,
+    Promise,
+    Ref,
+    Vote,
+)
 from kvsvr.replication.peer_input import held_payload_count
+from kvsvr.storage import Family
 
 if TYPE_CHECKING:
     from kvsvr.replication.catch_up import CatchUp
@@ -107,7 +117,7 @@ class Acceptor(Part):
             self.learn_decision(key, message.previous)
         consensus = self._consensus_of(key)
 
-        def answer(outcome: str, decided: Instance | None = None) -> None:
+        def answer(outcome: AcceptOutcome, decided: Instance | None = None) -> None:
             self._send(
                 source,
                 Accepted(
@@ -117,13 +127,13 @@ class Acceptor(Part):
 
         if consensus.chosen_version >= instance.first_version:
             # already_chosen(v, ref): name what won v, not only the newest decision (R9).
-            answer("already_chosen", consensus.decided_at(instance.first_version))
+            answer(AcceptOutcome.ALREADY_CHOSEN, consensus.decided_at(instance.first_version))
             return
         skip_promise_check = self.options.bug_skip_promise_check or (
             resumed and self.options.bug_parked_accept_not_rechecked
         )
         if ballot < consensus.promised and not skip_promise_check:
-            answer("rejected")
+            answer(AcceptOutcome.REJECTED)
             return
         assert instance.first_version == consensus.chosen_version + 1, (
             f"Accept for {key!r} v{instance.first_version} does not follow the decided "
@@ -155,7 +165,7 @@ class Acceptor(Part):
         consensus.accepted = Vote(ballot, instance)
         self._save(key)
         self.observer("accepted", (self.node_id, key, ballot, instance))
-        answer("accepted")
+        answer(AcceptOutcome.ACCEPTED)
 
     def _park(self, source: int, accept: Accept) -> None:
         parked = self._parked.setdefault(accept.instance.ref, [])
@@ -234,7 +244,7 @@ class Acceptor(Part):
                 applied = model.apply(state, mutation)
                 writes.extend(keyspace.applied_writes(key, applied))
                 if self.options.bug_delete_forgets_version and isinstance(mutation, model.Delete):
-                    writes.append(("keys", key, None))
+                    writes.append((Family.KEYS, key, None))
                 state = applied.state
             del consensus.pending[instance.first_version]
             self._write(writes)

@@ -65,6 +65,7 @@ from kvsvr.replication.messages import (
     Ref,
     StateReply,
 )
+from kvsvr.storage import Family
 
 if TYPE_CHECKING:
     from kvsvr.replication.acceptor import Acceptor
@@ -85,7 +86,7 @@ class StagedState:
 
 
 class CatchUp(Part):
-    USES = ("acceptor", "payloads")
+    USES = (Family.ACCEPTOR, "payloads")
     acceptor: Acceptor
     payloads: PayloadStore
 
@@ -104,7 +105,7 @@ class CatchUp(Part):
     def load_walks(self) -> None:
         """At start: resume every unfinished walk."""
         prefix = durable.WALK_PREFIX
-        for stored_key, stored in self.storage.scan("meta", prefix, prefix + b"\xff", 1 << 16):
+        for stored_key, stored in self.storage.scan(Family.META, prefix, prefix + b"\xff", 1 << 16):
             origin = int.from_bytes(stored_key[len(prefix) :], "big")
             trim_point, next_key = decode_value(stored, stored_key)
             self._walks[origin] = (tuple(trim_point), next_key)
@@ -197,7 +198,7 @@ class CatchUp(Part):
 
     def on_fetch_decisions(self, source: int, message: FetchDecisions) -> None:
         page_keys = self.options.walk_page_keys_max
-        found = self.storage.scan("acceptor", message.start_key, None, page_keys + 1)
+        found = self.storage.scan(Family.ACCEPTOR, message.start_key, None, page_keys + 1)
         decisions = []
         for key, stored in found[:page_keys]:
             consensus = self.core.peek_consensus(key, stored)
@@ -248,7 +249,7 @@ class CatchUp(Part):
         self, key: bytes, installed: model.KeyState, rows: list | None, chosen
     ) -> None:
         """R12: the applied state moves up to `installed`; promise and vote stay."""
-        writes = [("keys", key, installed.to_record())]
+        writes = [(Family.KEYS, key, installed.to_record())]
         if rows is not None:
             writes.extend(keyspace.table_writes(key, rows))
         self._write(writes)
@@ -274,7 +275,7 @@ class CatchUp(Part):
     def _walk_record(self, origin: int, trim_point: LogPosition, next_key: bytes):
         """The write that makes a walk's position durable."""
         self._walks[origin] = (trim_point, next_key)
-        return ("meta", durable.walk_key(origin), encode_value([list(trim_point), next_key]))
+        return (Family.META, durable.walk_key(origin), encode_value([list(trim_point), next_key]))
 
     def start_walk(self, origin: int, trim_point: LogPosition):
         """Begin walking `origin`'s decided keys; returns the write that records it,
@@ -299,7 +300,7 @@ class CatchUp(Part):
         self._forget_fetch(("walk", source))
         if message.next_key is None:
             del self._walks[source]
-            self._write([("meta", durable.walk_key(source), None)])
+            self._write([(Family.META, durable.walk_key(source), None)])
             return
         self._write([self._walk_record(source, message.walk, message.next_key)])
         self.continue_walk(source)

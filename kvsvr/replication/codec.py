@@ -15,6 +15,7 @@ ballots and refs are compared with `==`, and `(1, 2) != [1, 2]`.
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import cbor2
 
@@ -35,6 +36,9 @@ _FIELD_NAMES = {
 }
 _FIELDS_BY_CLASS = {cls: _FIELD_NAMES[name] for name, cls in _CLASSES.items()}
 _SCALARS = frozenset((int, bytes, str, bool, float, type(None)))
+# Fields that hold an enum: sent as its value, decoded back into the enum
+# (a value that is none of its members is bad input).
+_ENUM_FIELDS = {"Accepted": {_FIELD_NAMES["Accepted"].index("outcome"): messages.AcceptOutcome}}
 
 
 class CodecError(ValueError):
@@ -53,6 +57,8 @@ def _plain(value):
         return cbor2.CBORTag(_TAG_TUPLE, [_plain(item) for item in value])
     if kind is list:
         return [_plain(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return value.value
     fields = _FIELDS_BY_CLASS.get(kind)
     if fields is not None:
         return cbor2.CBORTag(
@@ -72,6 +78,11 @@ def _tag_hook(first, second):
         cls = _CLASSES.get(name) if isinstance(name, str) else None
         if cls is None or len(fields) != len(_FIELD_NAMES[name]):
             raise CodecError(f"unknown message shape {name!r}")
+        for index, enum_type in _ENUM_FIELDS.get(name, {}).items():
+            try:
+                fields[index] = enum_type(fields[index])
+            except (ValueError, TypeError):
+                raise CodecError(f"{name}: {fields[index]!r:.40} is not a {enum_type.__name__}") from None
         return cls(*fields)
     raise CodecError(f"unexpected CBOR tag {tag.tag}")
 

@@ -41,6 +41,7 @@ from kvsvr.replication import durable
 from kvsvr.replication.messages import Effects, Instance, Message, Vote
 from kvsvr.replication.options import ReplicaOptions
 from kvsvr.replication.step_writes import StepWrites
+from kvsvr.storage import Family
 
 if TYPE_CHECKING:
     import random
@@ -124,7 +125,7 @@ class ReplicaCore:
     def _consensus_of(self, key: bytes) -> durable.KeyConsensus:
         found = self._consensus.get(key)
         if found is None:
-            stored = self.storage.get("acceptor", key)
+            stored = self.storage.get(Family.ACCEPTOR, key)
             found = (
                 durable.KeyConsensus()
                 if stored is None
@@ -148,7 +149,7 @@ class ReplicaCore:
     def _write_unsaved(self) -> None:
         if self._unsaved_keys:
             keys, self._unsaved_keys = self._unsaved_keys, {}
-            self.storage.write([("acceptor", key, self._consensus[key].to_record()) for key in keys])
+            self.storage.write([(Family.ACCEPTOR, key, self._consensus[key].to_record()) for key in keys])
 
     def _applied_version(self, key: bytes) -> int:
         return self.keyspace.key_state(key).version

@@ -37,6 +37,7 @@ from kvsvr.replication.messages import (
     Ref,
     Vote,
 )
+from kvsvr.storage import Family
 
 # Decided instances each key remembers below its applied version, so a
 # proposer whose Accept lost can learn which ref won (R9).
@@ -84,7 +85,7 @@ class KeyConsensus:
 
     @classmethod
     def from_record(cls, stored: bytes, key: bytes) -> KeyConsensus:
-        body = records.decode_record(stored, column_family="acceptor", key=key)
+        body = records.decode_record(stored, column_family=Family.ACCEPTOR, key=key)
         promised, accepted, chosen, pending, recent = body
         pending_instances = [Instance.from_wire(item) for item in pending]
         return cls(
@@ -145,7 +146,7 @@ def log_record_to_bytes(record: LogRecord) -> bytes:
 
 
 def log_record_from_bytes(stored: bytes, stored_key: bytes) -> LogRecord:
-    body = records.decode_record(stored, column_family="log", key=stored_key)
+    body = records.decode_record(stored, column_family=Family.LOG, key=stored_key)
     match body:
         case ["payload", ref, key, payload]:
             return PayloadRecord(tuple(ref), key, payload)

@@ -66,6 +66,7 @@ from kvsvr.replication.messages import (
     StreamRecords,
     StreamTrimmed,
 )
+from kvsvr.storage import Family
 
 if TYPE_CHECKING:
     from kvsvr.replication.acceptor import Acceptor
@@ -81,7 +82,7 @@ class StreamOut:
 
 
 class LogStream(Part):
-    USES = ("acceptor", "catch_up", "payloads")
+    USES = (Family.ACCEPTOR, "catch_up", "payloads")
     acceptor: Acceptor
     catch_up: CatchUp
     payloads: PayloadStore
@@ -104,19 +105,19 @@ class LogStream(Part):
 
     def load_log_state(self) -> None:
         """At start: find the log's tail, its trim point and the cursors of every origin."""
-        stored_trim_point = self.storage.get("meta", durable.LOG_TRIMMED_KEY)
+        stored_trim_point = self.storage.get(Family.META, durable.LOG_TRIMMED_KEY)
         if stored_trim_point is not None:
             self._log_trimmed_through = tuple(
                 decode_value(stored_trim_point, durable.LOG_TRIMMED_KEY)
             )
             self._log_last = self._log_trimmed_through
         # The log holds at most about log_retained_records_max records.
-        records = self.storage.scan("log", b"", None, 1 << 62)
+        records = self.storage.scan(Family.LOG, b"", None, 1 << 62)
         self._log_record_count = len(records)
         if records:
             self._log_last = durable.position_from_key(records[-1][0])
         self._log_tail_after = self._log_last  # nothing cached yet: all of it is in storage
-        for origin_stored_key, stored_cursor in self.storage.scan("cursors", b"", None, 1 << 16):
+        for origin_stored_key, stored_cursor in self.storage.scan(Family.CURSORS, b"", None, 1 << 16):
             origin = int.from_bytes(origin_stored_key, "big")
             self._cursors[origin] = tuple(decode_value(stored_cursor, origin_stored_key))
 
@@ -145,7 +146,7 @@ class LogStream(Part):
         self._log_last = position
         self._log_record_count += 1
         self._write(
-            [("log", durable.position_key(position), durable.log_record_to_bytes(record))]
+            [(Family.LOG, durable.position_key(position), durable.log_record_to_bytes(record))]
         )
         self._log_tail_positions.append(position)
         self._log_tail_records.append(record)
@@ -164,7 +165,7 @@ class LogStream(Part):
             first = bisect.bisect_right(positions, start)
             last = first + count_max
             return tuple(zip(positions[first:last], self._log_tail_records[first:last], strict=True))
-        found = self.storage.scan("log", durable.position_key(start) + b"\x00", None, count_max)
+        found = self.storage.scan(Family.LOG, durable.position_key(start) + b"\x00", None, count_max)
         return tuple(
             (durable.position_from_key(stored_key), durable.log_record_from_bytes(stored, stored_key))
             for stored_key, stored in found
@@ -177,7 +178,7 @@ class LogStream(Part):
         excess = self._log_record_count - self.options.log_retained_records_max
         if excess <= 0 and (floor is None or floor <= self._log_trimmed_through):
             return
-        found = self.storage.scan("log", b"", None, self.options.log_trim_batch_records_max)
+        found = self.storage.scan(Family.LOG, b"", None, self.options.log_trim_batch_records_max)
         writes = []
         trimmed_through = None
         for stored_key, stored in found:
@@ -188,16 +189,16 @@ class LogStream(Part):
             if isinstance(record, PayloadRecord) and self.payloads.payload_pinned(record.key, record.ref):
                 # Pinned payloads survive trimming, in the payloads column family.
                 writes.append(
-                    ("payloads", durable.ref_key(record.ref), encode_value([record.key, record.payload]))
+                    (Family.PAYLOADS, durable.ref_key(record.ref), encode_value([record.key, record.payload]))
                 )
-            writes.append(("log", stored_key, None))
+            writes.append((Family.LOG, stored_key, None))
             trimmed_through = position
             excess -= 1
         if trimmed_through is None:
             return
-        self._log_record_count -= sum(1 for write in writes if write[0] == "log")
+        self._log_record_count -= sum(1 for write in writes if write[0] == Family.LOG)
         self._log_trimmed_through = trimmed_through
-        writes.append(("meta", durable.LOG_TRIMMED_KEY, encode_value(list(trimmed_through))))
+        writes.append((Family.META, durable.LOG_TRIMMED_KEY, encode_value(list(trimmed_through))))
         self._write(writes)
         self.observer("log_trimmed", (self.node_id, trimmed_through))
 
@@ -251,7 +252,7 @@ class LogStream(Part):
             self._write(
                 [
                     self.catch_up.start_walk(source, trim_point),
-                    ("cursors", durable.origin_key(source), encode_value(list(cursor))),
+                    (Family.CURSORS, durable.origin_key(source), encode_value(list(cursor))),
                 ]
             )
             self.catch_up.continue_walk(source)
@@ -276,7 +277,7 @@ class LogStream(Part):
                     self.acceptor.learn_decision(key, instance)
             cursor = position
         self._cursors[source] = cursor
-        self._write([("cursors", durable.origin_key(source), encode_value(list(cursor)))])
+        self._write([(Family.CURSORS, durable.origin_key(source), encode_value(list(cursor)))])
         self._send(source, StreamAck(cursor))
         self._last_ack_tick[source] = self.now
         for ref, key in touched_refs:

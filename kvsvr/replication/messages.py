@@ -28,6 +28,7 @@ bytes.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 Ballot = tuple[int, int, int]  # (round, incarnation, node_id)
@@ -94,19 +95,26 @@ class Accept:
     previous: Instance | None  # the decided instance it follows (prev_decision)
 
 
+class AcceptOutcome(enum.StrEnum):
+    """An acceptor's answer to an Accept (on the wire, its value)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"  # its promise is higher
+    ALREADY_CHOSEN = "already_chosen"  # the version is decided
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Accepted:
     key: bytes
     ballot: Ballot  # echoes (K, b, v, ref) of the Accept (R5)
     instance: Instance
-    outcome: str  # "accepted", "rejected" (promised is higher), "already_chosen"
+    outcome: AcceptOutcome
     promised: Ballot
     chosen: Instance | None
     # With "already_chosen": the instance decided at this Accept's version, when
     # the acceptor still remembers it, so the proposer learns whether its own
     # ref won (R9) even if `chosen` has moved on.
     decided: Instance | None = None
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Commit:

@@ -44,6 +44,7 @@ import crc32c
 from kvsvr.replication import durable
 from kvsvr.replication.core import Part, ReplicaCore, decode_value, encode_value
 from kvsvr.replication.messages import LogPosition, PayloadRecord, Ref
+from kvsvr.storage import Family
 
 if TYPE_CHECKING:
     from kvsvr.replication.log_stream import LogStream
@@ -70,13 +71,13 @@ class PayloadStore(Part):
 
     def payload_entry(self, ref: Ref) -> tuple[bytes, bytes] | None:
         """(key, payload bytes) of `ref`, from wherever this node holds it."""
-        stored = self.storage.get("payloads", durable.ref_key(ref))
+        stored = self.storage.get(Family.PAYLOADS, durable.ref_key(ref))
         if stored is not None:
             key, payload = decode_value(stored, durable.ref_key(ref))
             return key, payload
         if ref[0] == self.node_id:
             position_key = durable.position_key((ref[1], ref[2]))
-            stored = self.storage.get("log", position_key)
+            stored = self.storage.get(Family.LOG, position_key)
             if stored is not None:
                 record = durable.log_record_from_bytes(stored, position_key)
                 if isinstance(record, PayloadRecord) and record.ref == ref:
@@ -94,7 +95,7 @@ class PayloadStore(Part):
             return False
         self.observer("payload", (ref, payload))
         if self.payload_entry(ref) is None:
-            self._write([("payloads", durable.ref_key(ref), encode_value([key, payload]))])
+            self._write([(Family.PAYLOADS, durable.ref_key(ref), encode_value([key, payload]))])
         return True
 
     def payload_pinned(self, key: bytes, ref: Ref) -> bool:
@@ -127,14 +128,14 @@ class PayloadStore(Part):
             start = self._payload_collect_from.get(origin, durable.ref_key((origin, 0, 0, 0)))
             end = durable.ref_range_key(origin, position)
             limit = budget
-            found = self.storage.scan("payloads", start, end, limit)
+            found = self.storage.scan(Family.PAYLOADS, start, end, limit)
             budget -= len(found)
             deletes = []
             for stored_key, stored in found:
                 key, _payload = decode_value(stored, stored_key)
                 ref = durable.ref_from_key(stored_key)
                 if not self.payload_pinned(key, ref):
-                    deletes.append(("payloads", stored_key, None))
+                    deletes.append((Family.PAYLOADS, stored_key, None))
             self._write(deletes)
             if len(found) < limit:
                 del self._payload_collect_bound[origin]  # done with it until the next mark

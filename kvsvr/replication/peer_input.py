@@ -45,7 +45,7 @@ INSTANCE_MUTATIONS_MAX = 1 << 16
 # Entries in one message's sequences (stream records, decisions, rows):
 # far above what any honest sender's bounds produce, below what costs memory.
 SEQUENCE_ITEMS_MAX = 1 << 16
-ACCEPTED_OUTCOMES = frozenset(("accepted", "rejected", "already_chosen"))
+ACCEPTED_OUTCOMES = frozenset(m.AcceptOutcome)
 _KINDS = frozenset((KIND_KEY_VALUE, KIND_TABLE))
 
 

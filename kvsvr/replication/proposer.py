@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 from typing import TYPE_CHECKING
 
 import cbor2
@@ -61,6 +62,7 @@ from kvsvr.replication.core import Part, ReplicaCore, votes_after
 from kvsvr.replication.messages import (
     Accept,
     Accepted,
+    AcceptOutcome,
     Ballot,
     Commit,
     DecisionRecord,
@@ -71,6 +73,8 @@ from kvsvr.replication.messages import (
     Ref,
 )
 from kvsvr.replication.options import payload_size_max_bytes
+from kvsvr.replication.reads import ConditionCheck
+from kvsvr.storage import Family
 
 if TYPE_CHECKING:
     from kvsvr.replication.acceptor import Acceptor
@@ -88,13 +92,21 @@ class ClientWrite:
     fast_path: bool = False  # its batch went out under a promise an earlier batch used
 
 
+class Phase(enum.Enum):
+    """Where a key's proposer is: between rounds, or waiting for a round's answers."""
+
+    IDLE = "idle"
+    PREPARING = "preparing"
+    ACCEPTING = "accepting"
+
+
 @dataclasses.dataclass
 class KeyProposer:
     """One key's proposer state. Memory only: lost on restart (R2)."""
 
     ballot: Ballot | None = None  # a promise a majority granted us
     round_seen: int = 0
-    phase: str = "idle"  # idle | preparing | accepting
+    phase: Phase = Phase.IDLE
     prepare_ballot: Ballot | None = None
     promises: dict[int, Promise] = dataclasses.field(default_factory=dict)
     accept: Accept | None = None  # in flight; frozen once sent (R8)
@@ -121,7 +133,7 @@ class KeyProposer:
 
 
 class Proposer(Part):
-    USES = ("acceptor", "log_stream", "payloads", "reads")
+    USES = (Family.ACCEPTOR, "log_stream", "payloads", "reads")
     acceptor: Acceptor
     log_stream: LogStream
     payloads: PayloadStore
@@ -185,7 +197,7 @@ class Proposer(Part):
         if proposer is None:
             return
         self._proposers_ticking[key] = None
-        if proposer.phase != "idle":
+        if proposer.phase != Phase.IDLE:
             return
         if not proposer.queue and not proposer.recovery_wanted and not proposer.proposed:
             return
@@ -210,7 +222,7 @@ class Proposer(Part):
         proposer.ballot = None
         proposer.recovery_wanted = False
         proposer.promises = {}
-        proposer.phase = "preparing"
+        proposer.phase = Phase.PREPARING
         proposer.attempts = 0
         proposer.round_deadline = self.now + self.options.round_timeout_ticks
         self._broadcast(Prepare(key, proposer.prepare_ballot))
@@ -221,7 +233,7 @@ class Proposer(Part):
         if proposer is None:
             return
         proposer.round_seen = max(proposer.round_seen, message.promised[0])
-        if proposer.phase != "preparing" or message.ballot != proposer.prepare_ballot:
+        if proposer.phase != Phase.PREPARING or message.ballot != proposer.prepare_ballot:
             return  # a reply to an older round (R5)
         if message.chosen is not None:
             self.acceptor.learn_decision(key, message.chosen)
@@ -240,7 +252,7 @@ class Proposer(Part):
         # one must be proposed again, unchanged, before anything new.
         proposer.ballot = proposer.prepare_ballot
         proposer.promise_fresh = True
-        proposer.phase = "idle"
+        proposer.phase = Phase.IDLE
         proposer.lost_rounds = 0
         consensus = self._consensus_of(key)
         decided = consensus.chosen_version
@@ -289,7 +301,7 @@ class Proposer(Part):
                     self.options.bug_condition_failed_unconfirmed
                 ):
                     # R7: answered only once a quorum confirms this is the newest state.
-                    self.reads.start_read(key, ("confirm", write, state.version), write.deadline)
+                    self.reads.start_read(key, ConditionCheck(write, state.version), write.deadline)
                 else:
                     self._reply(write.request_id, error)
                 continue
@@ -333,7 +345,7 @@ class Proposer(Part):
     ) -> None:
         proposer.accept = Accept(key, proposer.ballot, instance, previous)
         proposer.votes = set()
-        proposer.phase = "accepting"
+        proposer.phase = Phase.ACCEPTING
         proposer.attempts = 0
         proposer.round_deadline = self.now + self.options.round_timeout_ticks
         self.observer("accept_sent", (self.node_id, proposer.accept))
@@ -346,14 +358,14 @@ class Proposer(Part):
         proposer = self._proposers.get(key)
         if proposer is not None:
             proposer.round_seen = max(proposer.round_seen, message.promised[0])
-        if message.outcome == "already_chosen":
+        if message.outcome == AcceptOutcome.ALREADY_CHOSEN:
             if message.decided is not None:
                 self.acceptor.learn_decision(key, message.decided)
             if message.chosen is not None:
                 self.acceptor.learn_decision(key, message.chosen)
         if (
             proposer is None
-            or proposer.phase != "accepting"
+            or proposer.phase != Phase.ACCEPTING
             or message.ballot != proposer.accept.ballot
             or (
                 message.instance != proposer.accept.instance
@@ -361,7 +373,7 @@ class Proposer(Part):
             )
         ):
             return  # stale or about another value (R5)
-        if message.outcome == "accepted":
+        if message.outcome == AcceptOutcome.ACCEPTED:
             proposer.votes.add(source)
             if len(proposer.votes) >= self.majority:
                 self._on_chosen(key, proposer)
@@ -369,9 +381,9 @@ class Proposer(Part):
         # Rejected, or the version is already decided: our view is old. The
         # writes in flight stay attached to their ref until a decision settles
         # them (R9); a new Prepare will recover or supersede the value.
-        proposer.phase = "idle"
+        proposer.phase = Phase.IDLE
         proposer.ballot = None
-        if message.outcome == "rejected":
+        if message.outcome == AcceptOutcome.REJECTED:
             self._lose_round(proposer)
             if self.options.bug_rejected_writes_requeued:
                 for _ref, writes in proposer.proposed.pop(message.instance.first_version, ()):
@@ -381,7 +393,7 @@ class Proposer(Part):
     def _on_chosen(self, key: bytes, proposer: KeyProposer) -> None:
         instance = proposer.accept.instance
         self.observer("won", (self.node_id, key, proposer.accept.ballot, instance))
-        proposer.phase = "idle"
+        proposer.phase = Phase.IDLE
         proposer.accept = None
         for peer in self.peers:
             self._send(peer, Commit(key, instance))
@@ -416,7 +428,7 @@ class Proposer(Part):
 
     def _lose_round(self, proposer: KeyProposer) -> None:
         """R6: back off a random, exponentially growing number of ticks."""
-        proposer.phase = "idle"
+        proposer.phase = Phase.IDLE
         if not self.options.bug_round_given_up_keeps_promise:
             proposer.ballot = None
         proposer.lost_rounds += 1
@@ -441,13 +453,13 @@ class Proposer(Part):
             proposer.queue.remove(write)
             self._reply(write.request_id, Timeout("no decision before the deadline"))
         self._expire_proposed(proposer)
-        if proposer.phase in ("preparing", "accepting") and proposer.round_deadline <= self.now:
+        if proposer.phase in (Phase.PREPARING, Phase.ACCEPTING) and proposer.round_deadline <= self.now:
             proposer.attempts += 1
             if proposer.attempts > self.options.round_attempts_max:
                 self._lose_round(proposer)
             else:
                 proposer.round_deadline = self.now + self.options.round_timeout_ticks
-                if proposer.phase == "preparing":
+                if proposer.phase == Phase.PREPARING:
                     message = Prepare(key, proposer.prepare_ballot)
                     answered = set(proposer.promises)
                 else:
@@ -458,7 +470,7 @@ class Proposer(Part):
                         self._send(member, message)
         self.drive(key)
         if (
-            proposer.phase == "idle"
+            proposer.phase == Phase.IDLE
             and not proposer.queue
             and not proposer.proposed
             and not proposer.recovery_wanted

@@ -37,22 +37,39 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from kvsvr.core import model
-from kvsvr.core.requests import Get
+from kvsvr.core.requests import Get, Sync, TableGet, TableRows
 from kvsvr.protocol.errors import KvError, Timeout
 from kvsvr.replication.core import Part, ReplicaCore, votes_after
 from kvsvr.replication.messages import Read, ReadId, ReadReply
+from kvsvr.storage import Family
 
 if TYPE_CHECKING:
     from kvsvr.replication.acceptor import Acceptor
-    from kvsvr.replication.proposer import Proposer
+    from kvsvr.replication.proposer import ClientWrite, Proposer
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientRead:
+    """A client's read: answered with the state the quorum settled."""
+
+    request_id: int
+    request: Get | Sync | TableGet | TableRows
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionCheck:
+    """R7: a write whose condition failed on the state at `version_checked`;
+    answered condition_failed only if a quorum finds that state the newest."""
+
+    write: ClientWrite
+    version_checked: int
 
 
 @dataclasses.dataclass
 class PendingRead:
     key: bytes
     read_id: ReadId
-    # ("client", request_id, request) or ("confirm", ClientWrite, version_checked)
-    purpose: tuple
+    purpose: ClientRead | ConditionCheck
     deadline: int
     replies: dict[int, ReadReply] = dataclasses.field(default_factory=dict)
     retry_at: int = 0
@@ -61,7 +78,7 @@ class PendingRead:
 
 
 class Reads(Part):
-    USES = ("acceptor", "proposer")
+    USES = (Family.ACCEPTOR, "proposer")
     acceptor: Acceptor
     proposer: Proposer
 
@@ -71,7 +88,7 @@ class Reads(Part):
         self._reads_waiting_apply: dict[bytes, list[PendingRead]] = collections.defaultdict(list)
         self._next_read_seq = 1
 
-    def start_read(self, key: bytes, purpose: tuple, deadline: int) -> None:
+    def start_read(self, key: bytes, purpose: ClientRead | ConditionCheck, deadline: int) -> None:
         # The incarnation makes the id unique across restarts (R1): replies to
         # a read of an earlier incarnation, still queued, never match.
         read_id = (self.incarnation, self._next_read_seq)
@@ -170,10 +187,10 @@ class Reads(Part):
 
     def _finish_read(self, read: PendingRead) -> None:
         self._reads.pop(read.read_id, None)
-        if read.purpose[0] == "client":
+        if isinstance(read.purpose, ClientRead):
             self.answer_read(read.purpose)
             return
-        _, write, version_checked = read.purpose
+        write, version_checked = read.purpose.write, read.purpose.version_checked
         if read.target_version == version_checked and self._applied_version(read.key) == (
             version_checked
         ):
@@ -187,20 +204,13 @@ class Reads(Part):
         self.proposer.retry_write(read.key, write)
 
     def _fail_read(self, read: PendingRead, error: KvError) -> None:
-        if read.purpose[0] == "client":
-            self._reply(read.purpose[1], error)
+        if isinstance(read.purpose, ClientRead):
+            self._reply(read.purpose.request_id, error)
         else:
-            self._reply(read.purpose[1].request_id, Timeout("condition not confirmed in time"))
+            self._reply(read.purpose.write.request_id, Timeout("condition not confirmed in time"))
 
-    def answer_read(self, purpose: tuple) -> None:
-        _, request_id, request = purpose
+    def answer_read(self, purpose: ClientRead) -> None:
         try:
-            if isinstance(request, Get):
-                state = model.value_or_not_found(
-                    request.key, self.keyspace.key_state(request.key)
-                )
-                self._reply(request_id, {"value": state.value, "version": state.version})
-            else:
-                self._reply(request_id, self.keyspace.read(request))
+            self._reply(purpose.request_id, self.keyspace.read(purpose.request))
         except KvError as error:
-            self._reply(request_id, error)
+            self._reply(purpose.request_id, error)

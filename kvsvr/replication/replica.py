@@ -76,7 +76,8 @@ from kvsvr.replication.options import DEFAULT_OPTIONS, ReplicaOptions, check_con
 from kvsvr.replication.payloads import PayloadStore
 from kvsvr.replication.peer_input import PeerInputError, check_message, held_payload_count
 from kvsvr.replication.proposer import Proposer
-from kvsvr.replication.reads import Reads
+from kvsvr.replication.reads import ClientRead, Reads
+from kvsvr.storage import Family
 
 if TYPE_CHECKING:
     import random
@@ -136,12 +137,12 @@ class Replica(Part):
     def start(self) -> Effects:
         """Raise and sync the incarnation before anything is sent (R1)."""
         assert not self.started
-        stored = self.storage.get("meta", durable.INCARNATION_KEY)
+        stored = self.storage.get(Family.META, durable.INCARNATION_KEY)
         previous = 0 if stored is None else decode_int(stored, durable.INCARNATION_KEY)
         self.core.incarnation = previous + 1
         if self.options.bug_incarnation_not_raised:
             self.core.incarnation = max(previous, 1)
-        self._write([("meta", durable.INCARNATION_KEY, encode_value(self.incarnation))])
+        self._write([(Family.META, durable.INCARNATION_KEY, encode_value(self.incarnation))])
         self.log_stream.load_log_state()
         self.catch_up.load_walks()
         self.core.started = True
@@ -155,9 +156,9 @@ class Replica(Part):
                 self.proposer.submit_write(request_id, request, deadline)
             case Get() | Sync() | TableGet() | TableRows():
                 if self.options.bug_read_without_quorum:
-                    self.reads.answer_read(("client", request_id, request))
+                    self.reads.answer_read(ClientRead(request_id, request))
                 else:
-                    self.reads.start_read(request.key, ("client", request_id, request), deadline)
+                    self.reads.start_read(request.key, ClientRead(request_id, request), deadline)
             case _:
                 self._reply(request_id, Unavailable(f"{type(request).__name__} is not served here"))
         if self.options.stream_pump_each_step:

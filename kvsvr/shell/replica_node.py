@@ -49,9 +49,8 @@ import ssl
 
 import trio
 
-from kvsvr.core.model import value_or_not_found
-from kvsvr.core.requests import Get, Ping, Scan
-from kvsvr.protocol.addresses import AddressError, parse_address
+from kvsvr.core.requests import Ping, Scan
+from kvsvr.protocol.addresses import AddressError, format_address, parse_address
 from kvsvr.protocol.errors import KvError, Unavailable
 from kvsvr.protocol.limits import DEFAULT_LIMITS, Limits
 from kvsvr.protocol.peer_auth import (
@@ -430,9 +429,6 @@ class ReplicaNode(FrameServer):
         self._stream_wanted.set()
 
     def _read_locally(self, request) -> dict:
-        if isinstance(request, Get):
-            state = value_or_not_found(request.key, self.replica.keyspace.key_state(request.key))
-            return {"value": state.value, "version": state.version}
         return self.replica.keyspace.read(request)
 
     def reachable_members(self) -> int:
@@ -448,7 +444,7 @@ class ReplicaNode(FrameServer):
         }
         return {
             "node_id": self.node_id,
-            "group": {str(node): f"{host}:{port}" for node, (host, port) in self.group.items()},
+            "group": {str(node): format_address(host, port) for node, (host, port) in self.group.items()},
             "incarnation": self.replica.incarnation,
             "syncs": self.syncs,
             "peer_messages_received": self.peer_messages_received,
@@ -561,7 +557,7 @@ def _remote_address(stream: trio.abc.Stream) -> str:
         host, port = stream.socket.getpeername()[:2]
     except (AttributeError, OSError):
         return "an unknown address"
-    return f"{host}:{port}"
+    return format_address(host, port)
 
 
 def parse_group(text: str) -> dict[int, tuple[str, int]]:

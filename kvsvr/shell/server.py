@@ -43,6 +43,7 @@ import trio
 
 from kvsvr.core.engine import Engine, Result
 from kvsvr.core.requests import Status, parse_request
+from kvsvr.protocol.addresses import format_address
 from kvsvr.protocol.errors import BadRequest, KvError, Overloaded
 from kvsvr.protocol.limits import DEFAULT_LIMITS, Limits
 from kvsvr.protocol.wire import FrameDecoder, FrameError, answer_frame, decode_body, error_frame
@@ -332,7 +333,7 @@ async def _refuse(stream: trio.abc.Stream, connections_max: int) -> None:
 
 def _address(listener: trio.SocketListener) -> str:
     host, port = listener.socket.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_address(host, port)
 
 
 async def run_until_signalled(node: Node, host: str, port: int) -> None:

@@ -9,7 +9,7 @@
 This package exports the interface and the in-memory implementation.
 """
 
-from kvsvr.storage.interface import COLUMN_FAMILIES, Storage, StorageError, Write
+from kvsvr.storage.interface import COLUMN_FAMILIES, Family, Storage, StorageError, Write
 from kvsvr.storage.memory import MemoryStorage
 
-__all__ = ["COLUMN_FAMILIES", "MemoryStorage", "Storage", "StorageError", "Write"]
+__all__ = ["COLUMN_FAMILIES", "Family", "MemoryStorage", "Storage", "StorageError", "Write"]

@@ -26,19 +26,25 @@ never a random subset.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Protocol
 
-COLUMN_FAMILIES = (
-    "keys",
-    "rows",
-    "row_changes",
-    "acceptor",
-    "log",
-    "payloads",
-    "cursors",
-    "meta",
-)
+
+class Family(enum.StrEnum):
+    """The column families: one per kind of record (the table above)."""
+
+    KEYS = "keys"
+    ROWS = "rows"
+    ROW_CHANGES = "row_changes"
+    ACCEPTOR = "acceptor"
+    LOG = "log"
+    PAYLOADS = "payloads"
+    CURSORS = "cursors"
+    META = "meta"
+
+
+COLUMN_FAMILIES = tuple(family.value for family in Family)
 
 # One write: (column family, key, value); a value of None deletes the key.
 Write = tuple[str, bytes, bytes | None]

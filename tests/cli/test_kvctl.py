@@ -228,3 +228,19 @@ def test_help_documents_every_exit_code_and_command():
         assert line in text
     for command in ("put", "get", "delete", "cas", "scan", "table", "status", "bench"):
         assert CliRunner().invoke(main, [command, "--help"]).exit_code == 0
+
+
+def test_the_exit_code_table_in_the_docs_is_the_one_kvctl_uses():
+    """docs/kvctl.md's table and `kvctl --help` both come from EXIT_MEANINGS."""
+    import re
+    from pathlib import Path
+
+    from cli.kvctl import EXIT_MEANINGS, main
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "kvctl.md").read_text()
+    section = text[text.index("## Exit codes"):]
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|$", section.split("\n\n", 2)[1], re.MULTILINE)
+    assert [(int(code), meaning) for code, meaning in rows] == list(EXIT_MEANINGS)
+    shown = CliRunner().invoke(main, ["--help"]).output
+    for code, meaning in EXIT_MEANINGS:
+        assert f"{code}  {meaning}" in shown
