@@ -1,8 +1,8 @@
 """What the simulator checks while a run goes on: the protocol's invariants.
 
 Theory of operation. The replicas report what they do through their
-observer (core.py: `observer(event, details)`), and the simulator shows
-the oracle every vote that leaves a node. The oracle keeps, over the whole
+observer (the typed events of kvsvr/replication/events.py), and the
+simulator shows the oracle every vote that leaves a node. The oracle keeps, over the whole
 run, what must never be contradicted later, and raises `InvariantViolation`
 the moment it is:
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 
+from kvsvr.replication import events
 from kvsvr.replication.messages import Accepted, Promise, ReadReply, Vote
 
 
@@ -142,38 +143,35 @@ class Oracle:
 
     # -- what the replicas report --------------------------------------------------
 
-    def observe(self, event: str, details) -> None:
-        if event == "accept_sent":
-            _node_id, accept = details
-            self._check_one_ref(accept.key, accept.ballot, accept.instance)
-        elif event == "accepted":
-            _node_id, key, ballot, instance = details
-            self._check_one_ref(key, ballot, instance)
-        elif event == "won":
-            node_id, key, ballot, instance = details
-            voters = self._votes.get((key, ballot, instance), set())
-            if len(voters) < self.majority:
-                raise InvariantViolation(
-                    f"n{node_id} declared {instance} of {key!r} chosen at {ballot} with the "
-                    f"votes of {sorted(voters) or 'no one'} only (R5)"
-                )
-        elif event == "decided":
-            node_id, key, instance = details
-            self._check_decision(node_id, key, instance)
-        elif event == "applied":
-            node_id, key, version, digest = details
-            previous = self._digests.setdefault((key, version), digest)
-            if previous != digest:
-                raise InvariantViolation(
-                    f"replicas differ on {key!r} at v{version} (n{node_id} disagrees)"
-                )
-        elif event == "payload":
-            ref, payload = details
-            previous = self._payload_bytes.setdefault(ref, payload)
-            if previous != payload:
-                raise InvariantViolation(f"ref {ref} names two different payloads")
-        elif event in _COUNTED:
-            self.counters[_COUNTED[event]] += 1
+    def observe(self, event: events.Event) -> None:
+        match event:
+            case events.AcceptSent(accept=accept):
+                self._check_one_ref(accept.key, accept.ballot, accept.instance)
+            case events.Voted(key=key, ballot=ballot, instance=instance):
+                self._check_one_ref(key, ballot, instance)
+            case events.Won(node_id=node_id, key=key, ballot=ballot, instance=instance):
+                voters = self._votes.get((key, ballot, instance), set())
+                if len(voters) < self.majority:
+                    raise InvariantViolation(
+                        f"n{node_id} declared {instance} of {key!r} chosen at {ballot} with the "
+                        f"votes of {sorted(voters) or 'no one'} only (R5)"
+                    )
+            case events.Decided(node_id=node_id, key=key, instance=instance):
+                self._check_decision(node_id, key, instance)
+            case events.Applied(node_id=node_id, key=key, version=version, digest=digest):
+                previous = self._digests.setdefault((key, version), digest)
+                if previous != digest:
+                    raise InvariantViolation(
+                        f"replicas differ on {key!r} at v{version} (n{node_id} disagrees)"
+                    )
+            case events.PayloadSeen(ref=ref, payload=payload):
+                previous = self._payload_bytes.setdefault(ref, payload)
+                if previous != payload:
+                    raise InvariantViolation(f"ref {ref} names two different payloads")
+            case _:
+                counted = _COUNTED.get(type(event))
+                if counted is not None:
+                    self.counters[counted] += 1
 
     def _check_one_ref(self, key: bytes, ballot, instance) -> None:
         name = (key, ballot, instance.first_version)
@@ -199,11 +197,11 @@ class Oracle:
 
 
 _COUNTED = {
-    "parked": "accepts_before_their_payload",
-    "state_installed": "state_transfers",
-    "walk_started": "walks_after_trimmed_log",
-    "log_trimmed": "log_trims",
-    "reproposed": "batches_proposed_again",
+    events.Parked: "accepts_before_their_payload",
+    events.StateInstalled: "state_transfers",
+    events.WalkStarted: "walks_after_trimmed_log",
+    events.LogTrimmed: "log_trims",
+    events.Reproposed: "batches_proposed_again",
 }
 
 

@@ -69,6 +69,7 @@ from jepsen_tests.simulation_oracle import InvariantViolation, Oracle
 from kvsvr.core import model
 from kvsvr.core.requests import Get, Sync, Write
 from kvsvr.protocol.errors import ConditionFailed, KvError, NotFound
+from kvsvr.replication import events
 from kvsvr.replication.messages import STREAM_MESSAGES, Effects
 from kvsvr.replication.replica import PeerInputError, Replica, ReplicaOptions
 from kvsvr.storage import MemoryStorage
@@ -402,32 +403,32 @@ class Simulation:
 
     # -- what the replicas report, and crashes at protocol moments -----------------
 
-    def _observe(self, event: str, details) -> None:
-        self.oracle.observe(event, details)
+    def _observe(self, event: events.Event) -> None:
+        self.oracle.observe(event)
         if not self.faults_on:
             return
         faults = self.faults
-        if event == "promised":
-            probability = faults.crash_after_promise_probability
-        elif event == "accepted":
-            probability = faults.crash_after_vote_probability
-        elif event == "won":
-            probability = faults.crash_after_win_probability
-        elif event == "state_installed":
-            node_id, key, version = details
-            vote = self.nodes[node_id].replica.consensus_snapshot(key).accepted
-            if vote is None or vote.instance.first_version <= version:
+        match event:
+            case events.Promised():
+                probability = faults.crash_after_promise_probability
+            case events.Voted():
+                probability = faults.crash_after_vote_probability
+            case events.Won():
+                probability = faults.crash_after_win_probability
+            case events.StateInstalled(node_id=node_id, key=key, version=version):
+                vote = self.nodes[node_id].replica.consensus_snapshot(key).accepted
+                if vote is None or vote.instance.first_version <= version:
+                    return
+                self.counters["states_installed_below_a_vote"] += 1
+                probability = faults.crash_after_state_below_vote_probability
+            case _:
                 return
-            self.counters["states_installed_below_a_vote"] += 1
-            probability = faults.crash_after_state_below_vote_probability
-        else:
-            return
         if self.rng.random() < probability:
-            node = self.nodes[details[0]]
+            node = self.nodes[event.node_id]
             node.crash_at_release = self.rng.choice(("before", "after"))
             self.trace.append(
                 (self.now, f"n{node.node_id} crashes {node.crash_at_release} this step's "
-                           f"messages leave: {event}")
+                           f"messages leave: {type(event).__name__}")
             )
 
     # -- clients -------------------------------------------------------------------

@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvsvr.core import keyspace, model
+from kvsvr.replication import events
 from kvsvr.replication.core import (
     Part,
     ReplicaCore,
@@ -95,7 +96,7 @@ class Acceptor(Part):
             else:
                 self._save(key)
         if granted:
-            self.observer("promised", (self.node_id, key, message.ballot))
+            self.observer(events.Promised(self.node_id, key, message.ballot))
         accepted = consensus.accepted
         payload = None if accepted is None else self.payloads.payload(accepted.instance.ref)
         self._send(
@@ -164,7 +165,7 @@ class Acceptor(Part):
             consensus.promised = ballot
         consensus.accepted = Vote(ballot, instance)
         self._save(key)
-        self.observer("accepted", (self.node_id, key, ballot, instance))
+        self.observer(events.Voted(self.node_id, key, ballot, instance))
         answer(AcceptOutcome.ACCEPTED)
 
     def _park(self, source: int, accept: Accept) -> None:
@@ -173,7 +174,7 @@ class Acceptor(Part):
             return  # a resend of an Accept already waiting
         parked.append((source, accept))
         self._parked_count += 1
-        self.observer("parked", (self.node_id, accept.key, accept.instance))
+        self.observer(events.Parked(self.node_id, accept.key, accept.instance))
         while self._parked_count > self.options.parked_accepts_max:
             # Bounded: the oldest wait is dropped unanswered; its proposer resends.
             oldest = next(iter(self._parked))
@@ -192,7 +193,7 @@ class Acceptor(Part):
     def learn_decision(self, key: bytes, instance: Instance) -> None:
         """Record that `instance` of `key` is decided, and apply what can be."""
         consensus = self._consensus_of(key)
-        self.observer("decided", (self.node_id, key, instance))
+        self.observer(events.Decided(self.node_id, key, instance))
         known = consensus.decided_at(instance.first_version)
         if known is not None:
             assert known == instance, (
@@ -249,7 +250,7 @@ class Acceptor(Part):
             del consensus.pending[instance.first_version]
             self._write(writes)
             if self.observer is not ignore_event:
-                self.observer("applied", (self.node_id, key, state.version, state_digest(self, key)))
+                self.observer(events.Applied(self.node_id, key, state.version, state_digest(self, key)))
             progressed = True
         if progressed:
             self._save(key)

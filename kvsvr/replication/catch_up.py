@@ -45,7 +45,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from kvsvr.core import keyspace, model
-from kvsvr.replication import durable
+from kvsvr.replication import durable, events
 from kvsvr.replication.core import (
     Part,
     ReplicaCore,
@@ -253,11 +253,11 @@ class CatchUp(Part):
         if rows is not None:
             writes.extend(keyspace.table_writes(key, rows))
         self._write(writes)
-        self.observer("state_installed", (self.node_id, key, installed.version))
+        self.observer(events.StateInstalled(self.node_id, key, installed.version))
         self.core.catch_up_counts["states_installed"] += 1
         if self.observer is not ignore_event:
             self.observer(
-                "applied", (self.node_id, key, installed.version, state_digest(self, key))
+                events.Applied(self.node_id, key, installed.version, state_digest(self, key))
             )
         consensus = self._consensus_of(key)
         if self.options.bug_state_transfer_resets_acceptor:
@@ -281,7 +281,7 @@ class CatchUp(Part):
         """Begin walking `origin`'s decided keys; returns the write that records it,
         to go in one batch with the cursor it moves (R12)."""
         self._forget_fetch(("walk", origin))
-        self.observer("walk_started", (self.node_id, origin))
+        self.observer(events.WalkStarted(self.node_id, origin))
         self.core.catch_up_counts["walks_started"] += 1
         return self._walk_record(origin, trim_point, b"")
 

@@ -46,6 +46,8 @@ from kvsvr.storage import Family
 if TYPE_CHECKING:
     import random
 
+    from kvsvr.replication.events import Event
+
 
 class ReplicaCore:
     node_id: int
@@ -57,7 +59,7 @@ class ReplicaCore:
     rng: random.Random
     options: ReplicaOptions
     limits: Limits
-    observer: Callable[[str, Any], None]
+    observer: Callable[[Event], None]
     now: int
     incarnation: int
     started: bool
@@ -70,7 +72,7 @@ class ReplicaCore:
         rng: random.Random,
         options: ReplicaOptions,
         limits: Limits,
-        observer: Callable[[str, Any], None] | None,
+        observer: Callable[[Event], None] | None,
     ) -> None:
         assert node_id in members and len(set(members)) == len(members)
         self.node_id = node_id
@@ -86,7 +88,7 @@ class ReplicaCore:
         self.rng = rng
         self.options = options
         self.limits = limits
-        # The simulator's window into the replica: observer(event, details).
+        # The simulator's window into the replica: observer(event), events.py.
         self.observer = observer or ignore_event
         self.now = 0
         self.incarnation = 0
@@ -198,7 +200,7 @@ class Part:
             setattr(self, name, part)
 
 
-def ignore_event(event: str, details: Any) -> None:
+def ignore_event(event: Event) -> None:
     pass
 
 

@@ -54,7 +54,7 @@ import bisect
 import dataclasses
 from typing import TYPE_CHECKING
 
-from kvsvr.replication import durable
+from kvsvr.replication import durable, events
 from kvsvr.replication.core import Part, ReplicaCore, decode_value, encode_value
 from kvsvr.replication.messages import (
     LOG_START,
@@ -200,7 +200,7 @@ class LogStream(Part):
         self._log_trimmed_through = trimmed_through
         writes.append((Family.META, durable.LOG_TRIMMED_KEY, encode_value(list(trimmed_through))))
         self._write(writes)
-        self.observer("log_trimmed", (self.node_id, trimmed_through))
+        self.observer(events.LogTrimmed(self.node_id, trimmed_through))
 
     # -- sending -----------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import crc32c
 
-from kvsvr.replication import durable
+from kvsvr.replication import durable, events
 from kvsvr.replication.core import Part, ReplicaCore, decode_value, encode_value
 from kvsvr.replication.messages import LogPosition, PayloadRecord, Ref
 from kvsvr.storage import Family
@@ -91,9 +91,9 @@ class PayloadStore(Part):
     def store_payload(self, ref: Ref, key: bytes, payload: bytes) -> bool:
         """Store a payload received from a peer; False (and nothing stored) if corrupt."""
         if crc32c.crc32c(payload) != ref[3]:
-            self.observer("corrupt_payload", (self.node_id, ref))
+            self.observer(events.CorruptPayload(self.node_id, ref))
             return False
-        self.observer("payload", (ref, payload))
+        self.observer(events.PayloadSeen(ref, payload))
         if self.payload_entry(ref) is None:
             self._write([(Family.PAYLOADS, durable.ref_key(ref), encode_value([key, payload]))])
         return True

@@ -57,7 +57,7 @@ import crc32c
 from kvsvr.core import model
 from kvsvr.core.requests import Write
 from kvsvr.protocol.errors import ConditionFailed, KvError, Timeout, TooLarge
-from kvsvr.replication import durable
+from kvsvr.replication import durable, events
 from kvsvr.replication.core import Part, ReplicaCore, votes_after
 from kvsvr.replication.messages import (
     Accept,
@@ -268,7 +268,7 @@ class Proposer(Part):
         if waiting:
             instance = proposer.proposed_instances.get(waiting[-1][0])
             if instance is not None and self.payloads.payload(instance.ref) is not None:
-                self.observer("reproposed", (self.node_id, key, instance))
+                self.observer(events.Reproposed(self.node_id, key, instance))
                 self._send_accept(key, proposer, instance, consensus.chosen)
                 return
         self.drive(key)
@@ -333,7 +333,7 @@ class Proposer(Part):
         payload = cbor2.dumps(mutations)
         position = self.log_stream.next_log_position()
         ref: Ref = (self.node_id, self.incarnation, position[1], crc32c.crc32c(payload))
-        self.observer("payload", (ref, payload))
+        self.observer(events.PayloadSeen(ref, payload))
         self.log_stream.append_log(position, PayloadRecord(ref, key, payload))  # our payloads live in our log
         instance = Instance(consensus.chosen_version + 1, len(batch), ref)
         proposer.proposed.setdefault(instance.first_version, []).append((ref, batch))
@@ -348,7 +348,7 @@ class Proposer(Part):
         proposer.phase = Phase.ACCEPTING
         proposer.attempts = 0
         proposer.round_deadline = self.now + self.options.round_timeout_ticks
-        self.observer("accept_sent", (self.node_id, proposer.accept))
+        self.observer(events.AcceptSent(self.node_id, proposer.accept))
         self._broadcast(proposer.accept)
 
     # -- steps 5-6: decisions --------------------------------------------------------
@@ -392,7 +392,7 @@ class Proposer(Part):
 
     def _on_chosen(self, key: bytes, proposer: KeyProposer) -> None:
         instance = proposer.accept.instance
-        self.observer("won", (self.node_id, key, proposer.accept.ballot, instance))
+        self.observer(events.Won(self.node_id, key, proposer.accept.ballot, instance))
         proposer.phase = Phase.IDLE
         proposer.accept = None
         for peer in self.peers:

@@ -38,7 +38,7 @@ test_parts.py checks that no part reaches into another's private state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kvsvr.core.requests import Get, Request, Sync, TableGet, TableRows, Write
 from kvsvr.protocol.errors import Unavailable
@@ -82,6 +82,8 @@ from kvsvr.storage import Family
 if TYPE_CHECKING:
     import random
 
+    from kvsvr.replication.events import Event
+
 
 class Replica(Part):
     """The parts of one replica, composed: the only object a shell touches."""
@@ -94,7 +96,7 @@ class Replica(Part):
         rng: random.Random,
         options: ReplicaOptions = DEFAULT_OPTIONS,
         limits: Limits = DEFAULT_LIMITS,
-        observer: Callable[[str, Any], None] | None = None,
+        observer: Callable[[Event], None] | None = None,
     ):
         check_consistent(options, limits)  # ValueError: limits that contradict each other
         core = ReplicaCore(node_id, members, storage, rng, options, limits, observer)

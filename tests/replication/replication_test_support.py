@@ -30,7 +30,7 @@ class Group:
         self.in_flight: list[Envelope] = []
         self.sent: list[Envelope] = []  # everything ever sent, in order
         self.replies: dict[int, object] = {}
-        self.events: list[tuple[str, object]] = []  # what the replicas told their observer
+        self.events: list = []  # what the replicas told their observer (events.py)
         self._next_request_id = 1
         for node_id in self.member_ids:
             self.start(node_id)
@@ -44,7 +44,7 @@ class Group:
             self.storages[node_id],
             random.Random(self.rng.getrandbits(64)),
             self.options,
-            observer=lambda event, details: self.events.append((event, details)),
+            observer=self.events.append,
         )
         self.replicas[node_id] = replica
         effects = replica.start()

@@ -11,7 +11,7 @@ import cbor2
 import crc32c
 from replication_test_support import Group, between, none_of, not_, of_type
 
-from kvsvr.replication import durable
+from kvsvr.replication import durable, events
 from kvsvr.replication.messages import (
     Accept,
     Accepted,
@@ -98,7 +98,7 @@ def test_invariant_5_corrupt_stream_payload_is_neither_stored_nor_acked():
     [ack] = [m for _, m in effects.messages if isinstance(m, StreamAck)]
     assert ack.position == cursor  # not past the corrupt record
     assert group.replica(2).payloads.payload(ref) is None
-    assert ("corrupt_payload", (2, ref)) in group.events
+    assert events.CorruptPayload(2, ref) in group.events
 
 
 def test_catch_up_pulls_a_decision_that_exists_in_no_stream():
@@ -136,7 +136,7 @@ def test_payload_no_peer_holds_falls_back_to_state_transfer():
     group.step(1, 3, Commit(KEY, first))  # n3 learns v1, long after
     group.run_until(lambda: group.replica(3).keyspace.key_state(KEY).version == 3)
     assert any(isinstance(m, FetchState) for s, _, m in group.sent if s == 3)
-    assert ("state_installed", (3, KEY, 3)) in group.events
+    assert events.StateInstalled(3, KEY, 3) in group.events
 
 
 def test_r11_origin_trims_only_below_every_peers_durable_ack():
