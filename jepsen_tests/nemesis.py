@@ -335,9 +335,11 @@ def _newest(data_dir: Path, kind: str) -> Path | None:
     return max(files, key=lambda path: (path.stat().st_mtime_ns, path.name), default=None)
 
 
-def _cut_inside_a_wal_record(data: bytes, rng: random.Random) -> int | None:
-    """An offset strictly inside the payload of some physical WAL record."""
-    insides = []
+def wal_records(data: bytes) -> list[tuple[int, int]]:
+    """(payload start, payload end) of every physical record of a RocksDB WAL:
+    32 KiB blocks of records, each a 7-byte header (crc32c, u16 length, type)
+    and its payload; zero padding ends a block."""
+    records = []
     block_start = 0
     while block_start < len(data):
         position = block_start
@@ -348,10 +350,17 @@ def _cut_inside_a_wal_record(data: bytes, rng: random.Random) -> int | None:
             if record_type == 0 and length == 0:
                 break  # zero padding: the rest of the block is empty
             payload_start = position + WAL_HEADER_BYTES
-            if length > 1:
-                insides.append((payload_start + 1, min(payload_start + length, len(data))))
+            records.append((payload_start, payload_start + length))
             position = payload_start + length
         block_start += WAL_BLOCK_BYTES
+    return records
+
+
+def _cut_inside_a_wal_record(data: bytes, rng: random.Random) -> int | None:
+    """An offset strictly inside the payload of some physical WAL record."""
+    insides = [
+        (start + 1, min(end, len(data))) for start, end in wal_records(data) if end - start > 1
+    ]
     insides = [(low, high) for low, high in insides if low < high]
     if not insides:
         return None

@@ -11,6 +11,7 @@ SIGKILL (no flush, no goodbye: what is synced is all that survives),
 
 from __future__ import annotations
 
+import abc
 import os
 import signal
 import socket
@@ -31,20 +32,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-class ServerProcess:
+class ServerProcess(abc.ABC):
     """One server process; a subclass says what to run and how to see it serve."""
 
     log_path: Path
     process: subprocess.Popen | None = None
 
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The command line that runs the server."""
 
+    @abc.abstractmethod
     def serving(self) -> bool:
-        raise NotImplementedError
+        """Whether it serves now (an OSError counts as not yet)."""
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The server, named in errors."""
 
     def start(self):
         assert self.process is None or self.process.poll() is not None, "already running"

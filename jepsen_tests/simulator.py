@@ -535,9 +535,7 @@ class Simulation:
         if operation.must_settle and isinstance(answer, KvError) and not isinstance(
             answer, (ConditionFailed, NotFound)
         ):
-            self.unsettled.append(
-                f"{function} {key} through n{operation.coordinator}: {type(answer).__name__}"
-            )
+            self._did_not_settle(operation, type(answer).__name__)
         if isinstance(answer, KvError):
             if answer.version is not None:
                 self._versions_seen[key] = max(self._versions_seen[key], answer.version)
@@ -566,16 +564,18 @@ class Simulation:
             result = answer["version"] if self.workload.model == "register" else operation.argument
             self._record(process, "ok", function, key, result)
 
+    def _did_not_settle(self, operation: _ClientOperation, why: str) -> None:
+        self.unsettled.append(
+            f"{operation.function} {operation.key} through n{operation.coordinator}: {why}"
+        )
+
     def _expire_clients(self) -> None:
         for request_id, operation in list(self._in_flight.items()):
             if operation.deadline <= self.now:
                 del self._in_flight[request_id]
                 self._busy.discard(operation.process)
                 if operation.must_settle:
-                    self.unsettled.append(
-                        f"{operation.function} {operation.key} through n{operation.coordinator}: "
-                        f"no answer"
-                    )
+                    self._did_not_settle(operation, "no answer")
                 kind = "fail" if operation.function == "read" else "info"
                 self._record(operation.process, kind, operation.function, operation.key,
                              operation.argument)

@@ -60,7 +60,7 @@ class RocksStorage:
             try:
                 # Every record before the torn one passed the replay above.
                 self._db = self._open(rocksdict.DBRecoveryMode.tolerate_corrupted_tail_records())
-            except Exception as again:
+            except Exception as again:  # as above: rocksdict raises plain Exception
                 raise _open_error(self.path, again) from again
             self.torn_tail_dropped = torn
         self._handles = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}

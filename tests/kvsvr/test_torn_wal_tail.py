@@ -10,33 +10,13 @@ refused. These tests make both on a copy of a live data directory.
 from __future__ import annotations
 
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
 
+from jepsen_tests.nemesis import wal_records
 from kvsvr.storage import StorageError
 from kvsvr.storage.rocks import RocksStorage
-
-WAL_BLOCK_BYTES = 32 * 1024
-WAL_HEADER_BYTES = 7  # crc32c (4), length (2), type (1)
-
-
-def wal_records(data: bytes) -> list[tuple[int, int]]:
-    """(payload start, payload end) of every physical record of a WAL."""
-    found, offset = [], 0
-    while offset + WAL_HEADER_BYTES <= len(data):
-        block_left = WAL_BLOCK_BYTES - offset % WAL_BLOCK_BYTES
-        if block_left < WAL_HEADER_BYTES:
-            offset += block_left  # the block's trailer
-            continue
-        (length,) = struct.unpack_from("<H", data, offset + 4)
-        start = offset + WAL_HEADER_BYTES
-        if length == 0 and data[offset + 6] == 0:
-            break  # zeroed space after the last record
-        found.append((start, start + length))
-        offset = start + length
-    return found
 
 
 def crashed_copy(tmp_path: Path, batches: int) -> Path:
