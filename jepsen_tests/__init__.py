@@ -1,8 +1,8 @@
 """Consistency tests of the store, and the tools they share.
 
     checker/             the linearizability checker and its models (standard library only)
-    simulator.py         the deterministic simulator of a replica group, its planted bugs
-    simulation_oracle.py what the simulator checks after every step
+    simulator/           the deterministic simulator of a replica group: network, faults,
+                         workload, invariant oracle, planted bugs
     processes.py, nodes.py  real server processes: a node, a replica group, a chat instance
     nemesis.py, runner.py, workloads.py, checks.py  the real-process fault suite
 

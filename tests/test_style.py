@@ -173,11 +173,13 @@ def test_lower_layers_import_nothing_from_higher_ones(package):
     assert {path: names for path, names in violations.items() if names} == {}
 
 
-def test_every_kvsvr_module_opens_with_a_docstring():
-    """Modules open with their theory (STYLE.md §11): every module in kvsvr/ has a docstring."""
+def test_every_kvsvr_and_simulator_module_opens_with_a_docstring():
+    """Modules open with their theory (STYLE.md §11): every module in kvsvr/
+    and in the simulator has a docstring."""
     missing = [
         str(path.relative_to(REPOSITORY))
-        for path in python_files("kvsvr")
+        for package in ("kvsvr", "jepsen_tests/simulator")
+        for path in python_files(package)
         if not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert missing == []

@@ -1,8 +1,9 @@
 """The linearizability checker: histories in, a verdict and its reasons out.
 
-history.py reads and writes histories, models.py holds the sequential
-specifications, linearizability.py searches for a linearization, and
-timeline.py draws a failing key. docs/checker.md explains how it works.
+history.py reads and writes histories; models.py and versioned_models.py
+hold the sequential specifications, and registry.py names them all;
+linearizability.py searches for a linearization, and timeline.py draws a
+failing key. docs/checker.md explains how it works.
 """
 
 from .history import (
@@ -22,7 +23,8 @@ from .linearizability import (
     check_events,
     check_operations,
 )
-from .models import MODELS, Model, model_named
+from .models import Model
+from .registry import MODELS, model_named
 
 __all__ = [
     "HISTORY_FORMATS",

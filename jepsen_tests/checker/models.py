@@ -266,15 +266,3 @@ class TableAppendModel(Model):
         if len(state) > 8:
             shown = "..., " + shown
         return f"the table holds {len(state)} entries [{shown}]"
-
-
-MODELS: dict[str, Model] = {
-    model.name: model for model in (RegisterModel(), KeyValueModel(), TableAppendModel())
-}
-
-
-def model_named(name: str) -> Model:
-    """The model of that name, or a `HistoryError` listing the known ones."""
-    if name not in MODELS:
-        raise HistoryError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    return MODELS[name]

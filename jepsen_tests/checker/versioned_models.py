@@ -12,8 +12,9 @@ linearization reaches, makes a history wrong:
 - `versioned-table-append`: a Key-Table key whose only change is an append
   (so its version is its number of entries), plus append-if-version.
 
-The simulator (jepsen_tests/simulator.py) checks its histories against
-`CHECKED_MODELS`, by workload name.
+The simulator (jepsen_tests/simulator/) checks the history of its workload
+"register" against `versioned-register`, and so on; both are in the
+registry (registry.py) with the plain models.
 """
 
 from __future__ import annotations
@@ -180,6 +181,3 @@ def _pair(operation: Operation) -> tuple:
     if not isinstance(argument, tuple) or len(argument) != 2:
         raise HistoryError(f"{operation.describe()}: the argument must be [expected, new]")
     return argument[0], argument[1]
-
-
-CHECKED_MODELS = {"register": VersionedRegisterModel(), "table-append": VersionedTableAppendModel()}

@@ -1,10 +1,10 @@
 """The materialised state of keys on storage: how it is written and read.
 
-Theory. A key's applied state lives in three column families:
-
-    keys         key -> KeyState (version, kind, value or tombstone)
-    rows         u16 len || key || row id -> Row (version changed, value)
-    row_changes  u16 len || key || u64 version -> [row ids changed then]
+Theory. A key's applied state lives in three column families: `keys`
+(its KeyState: version, kind, value or tombstone), and for a table `rows`
+(each row at the version that last changed it) and `row_changes` (the row
+ids each version changed); their keys and records are in
+docs/architecture.md ("Storage layout").
 
 `applied_writes` turns one applied mutation into the records that store
 it; `Keyspace` answers reads from what is stored. Both the single-node
@@ -137,7 +137,7 @@ class Keyspace:
         covered = request.since
         for record_key, stored in change_records:
             version = records.version_from_change_key(len(prefix), record_key)
-            row_ids = records.decode_record(stored, column_family="row_changes", key=record_key)
+            row_ids = records.decode_record(stored, column_family=Family.ROW_CHANGES, key=record_key)
             assert isinstance(row_ids, list), f"malformed change record {record_key!r}"
             if rows and len(rows) + len(row_ids) > request.limit:
                 break

@@ -59,7 +59,7 @@ class Row:
 
     @classmethod
     def from_record(cls, stored: bytes, key: bytes) -> Row:
-        body = records.decode_record(stored, column_family="rows", key=key)
+        body = records.decode_record(stored, column_family=Family.ROWS, key=key)
         assert isinstance(body, list) and len(body) == 2, f"malformed row for {key!r}"
         return cls(body[0], body[1])
 

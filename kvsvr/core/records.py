@@ -19,6 +19,7 @@ import cbor2
 import crc32c
 
 from kvsvr.protocol.errors import ChecksumError
+from kvsvr.storage import Family
 
 _CRC = struct.Struct(">I")
 _U16 = struct.Struct(">H")
@@ -30,7 +31,7 @@ def encode_record(body: object) -> bytes:
     return _CRC.pack(crc32c.crc32c(payload)) + payload
 
 
-def decode_record(stored: bytes, *, column_family: str, key: bytes) -> object:
+def decode_record(stored: bytes, *, column_family: Family, key: bytes) -> object:
     """Verify and decode one stored record, or raise ChecksumError naming it."""
     if len(stored) < _CRC.size:
         raise ChecksumError(

@@ -30,7 +30,7 @@ Applied versions never have gaps (invariant 4); only state transfer jumps,
 and only upwards (R12).
 
 Calls into other parts (its `USES`; the replica connects exactly these):
-catch_up: `fetch_done`, `fetch_payload`, `fetch_state`,
+catch_up: `payload_arrived`, `fetch_payload`, `fetch_state`,
 `payload_held_nowhere`; payloads: `payload`; proposer: `drive`,
 `settle_proposed`; reads: `finish_reads_applied`, `waiting_apply`.
 """
@@ -185,7 +185,7 @@ class Acceptor(Part):
         self._parked_count -= len(parked)
         for source, accept in parked:
             self.on_accept(source, accept, resumed=True)
-        self.catch_up.fetch_done(("payload", ref))
+        self.catch_up.payload_arrived(ref)
         self.advance(key)
 
     # -- learner -----------------------------------------------------------------

@@ -85,6 +85,30 @@ class StagedState:
     rows_by_page: dict[int, list] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PayloadFetch:
+    """Asking peers for the payload of `ref`."""
+
+    ref: Ref
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StateFetch:
+    """Asking peers for a key's state (a decided version it cannot replay to)."""
+
+    key: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WalkFetch:
+    """Asking `origin` for the next page of its decisions (a walk after a trim)."""
+
+    origin: int
+
+
+Fetch = PayloadFetch | StateFetch | WalkFetch
+
+
 class CatchUp(Part):
     USES = (Family.ACCEPTOR, "payloads")
     acceptor: Acceptor
@@ -92,9 +116,9 @@ class CatchUp(Part):
 
     def __init__(self, core: ReplicaCore) -> None:
         super().__init__(core)
-        # ("payload", ref), ("state", key) or ("walk", origin) -> next retry tick
-        self._fetch_retry_at: dict[tuple, int] = {}
-        self._fetch_attempt_count: dict[tuple, int] = {}
+        # what is being fetched -> the tick its next retry may leave
+        self._fetch_retry_at: dict[Fetch, int] = {}
+        self._fetch_attempt_count: dict[Fetch, int] = {}
         # Peers that said they hold none, as a set: a duplicated or late reply
         # from one peer must not count as a second peer's.
         self._payload_misses: dict[Ref, set[int]] = {}
@@ -107,46 +131,49 @@ class CatchUp(Part):
         prefix = durable.WALK_PREFIX
         for stored_key, stored in self.storage.scan(Family.META, prefix, prefix + b"\xff", 1 << 16):
             origin = int.from_bytes(stored_key[len(prefix) :], "big")
-            trim_point, next_key = decode_value(stored, stored_key)
+            trim_point, next_key = decode_value(Family.META, stored, stored_key)
             self._walks[origin] = (tuple(trim_point), next_key)
 
     # -- asking ----------------------------------------------------------------
 
     def fetch_payload(self, ref: Ref, preferred: int) -> None:
-        if not self._due(("payload", ref)):
+        if not self._due(PayloadFetch(ref)):
             return
         targets = [preferred] if preferred in self.peers else []
         targets += [peer for peer in self.peers if peer != preferred]
         # The origin first; after a miss, anyone (it may have crashed).
-        attempt = self._fetch_attempts(("payload", ref))
+        attempt = self._fetch_attempts(PayloadFetch(ref))
         self._send(targets[attempt % len(targets)], FetchPayload(ref))
 
     def fetch_state(self, key: bytes, version_min: int) -> None:
-        if not self._due(("state", key)):
+        if not self._due(StateFetch(key)):
             return
-        attempt = self._fetch_attempts(("state", key))
+        attempt = self._fetch_attempts(StateFetch(key))
         self._send(self.peers[attempt % len(self.peers)], FetchState(key, version_min))
 
     def payload_held_nowhere(self, ref: Ref) -> bool:
         return len(self._payload_misses.get(ref, ())) >= len(self.peers)
 
-    def _due(self, what: tuple) -> bool:
+    def _due(self, what: Fetch) -> bool:
         retry_at = self._fetch_retry_at.get(what)
         if retry_at is not None and retry_at > self.now:
             return False
         self._fetch_retry_at[what] = self.now + self.options.fetch_retry_ticks
         return True
 
-    def _fetch_attempts(self, what: tuple) -> int:
+    def _fetch_attempts(self, what: Fetch) -> int:
         attempts = self._fetch_attempt_count.get(what, 0)
         self._fetch_attempt_count[what] = attempts + 1
         return attempts
 
-    def _forget_fetch(self, what: tuple) -> None:
+    def _forget_fetch(self, what: Fetch) -> None:
         """The fetch is answered: the next one (if any) may leave at once."""
         self._fetch_retry_at.pop(what, None)
 
-    def fetch_done(self, what: tuple) -> None:
+    def payload_arrived(self, ref: Ref) -> None:
+        self._fetch_done(PayloadFetch(ref))
+
+    def _fetch_done(self, what: Fetch) -> None:
         """What the fetch was for is here: forget it altogether."""
         self._fetch_retry_at.pop(what, None)
         self._fetch_attempt_count.pop(what, None)
@@ -214,7 +241,7 @@ class CatchUp(Part):
     def on_payload_reply(self, source: int, message: PayloadReply) -> None:
         if message.payload is None:
             self._payload_misses.setdefault(message.ref, set()).add(source)
-            self._forget_fetch(("payload", message.ref))  # ask the next one
+            self._forget_fetch(PayloadFetch(message.ref))  # ask the next one
             return
         if self.payloads.store_payload(message.ref, message.key, message.payload):
             self._payload_misses.pop(message.ref, None)
@@ -223,7 +250,7 @@ class CatchUp(Part):
     def on_state_reply(self, source: int, message: StateReply) -> None:
         key = message.key
         if message.state is None:
-            self._forget_fetch(("state", key))  # ask the next peer
+            self._forget_fetch(StateFetch(key))  # ask the next peer
             return
         version, kind, value = message.state
         if version <= self._applied_version(key):
@@ -267,7 +294,7 @@ class CatchUp(Part):
         for first_version in [v for v in consensus.pending if v <= installed.version]:
             self._payload_misses.pop(consensus.pending.pop(first_version).ref, None)
         self._save(key)
-        self.fetch_done(("state", key))
+        self._fetch_done(StateFetch(key))
         self.acceptor.advance(key)
 
     # -- the walk of an origin's decided keys ------------------------------------
@@ -280,7 +307,7 @@ class CatchUp(Part):
     def start_walk(self, origin: int, trim_point: LogPosition):
         """Begin walking `origin`'s decided keys; returns the write that records it,
         to go in one batch with the cursor it moves (R12)."""
-        self._forget_fetch(("walk", origin))
+        self._forget_fetch(WalkFetch(origin))
         self.observer(events.WalkStarted(self.node_id, origin))
         self.core.catch_up_counts["walks_started"] += 1
         return self._walk_record(origin, trim_point, b"")
@@ -288,7 +315,7 @@ class CatchUp(Part):
     def continue_walk(self, origin: int) -> None:
         if len(self.acceptor.catching_up) >= self.options.catch_up_keys_max:
             return  # the keys already behind first; the tick asks again
-        if self._due(("walk", origin)):
+        if self._due(WalkFetch(origin)):
             trim_point, next_key = self._walks[origin]
             self._send(origin, FetchDecisions(next_key, trim_point))
 
@@ -297,7 +324,7 @@ class CatchUp(Part):
             return  # for a walk that ended, moved on, or was started again
         for key, instance in message.decisions:
             self.acceptor.learn_decision(key, instance)
-        self._forget_fetch(("walk", source))
+        self._forget_fetch(WalkFetch(source))
         if message.next_key is None:
             del self._walks[source]
             self._write([(Family.META, durable.walk_key(source), None)])

@@ -230,12 +230,12 @@ def encode_value(value: object) -> bytes:
     return records.encode_record(value)
 
 
-def decode_value(stored: bytes, stored_key: bytes) -> Any:
-    return records.decode_record(stored, column_family="replication", key=stored_key)
+def decode_value(family: Family, stored: bytes, stored_key: bytes) -> Any:
+    return records.decode_record(stored, column_family=family, key=stored_key)
 
 
-def decode_int(stored: bytes, stored_key: bytes) -> int:
-    value = decode_value(stored, stored_key)
+def decode_int(family: Family, stored: bytes, stored_key: bytes) -> int:
+    value = decode_value(family, stored, stored_key)
     assert isinstance(value, int)
     return value
 

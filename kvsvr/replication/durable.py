@@ -1,20 +1,12 @@
 """What a replica keeps on disk besides the keys' applied state.
 
 Theory. Each record here is in its own column family, checksummed like
-every other record (records.py):
-
-    acceptor   key -> KeyConsensus: promised ballot, accepted vote, the last
-               decided instance (`chosen`), decided instances above the
-               applied version (`pending`), and the few most recent decided
-               instances (`recent`, so a proposer can learn which ref won a
-               version it proposed at: R9)
-    payloads   ref -> [key, payload bytes]
-    log        u32 incarnation || u64 seq -> a log record of our own
-    cursors    u32 origin -> the position in that origin's log we hold up to
-    meta       b"incarnation" -> the current incarnation (R1)
-               b"log_trimmed_through" -> our log holds no record at or below it
-               b"walk" || u32 origin -> the next key of an unfinished walk of
-               that origin's decided keys (after its log was trimmed past us)
+every other record (records.py): the per-key consensus state
+(`KeyConsensus`, family acceptor), the node's own log, payloads received
+from peers, stream cursors, and the node's meta records (incarnation, how
+far its log is trimmed, unfinished walks). Keys are fixed-width big-endian
+integers so that byte order is numeric order. The table of every family,
+key and record is docs/architecture.md ("Storage layout").
 
 Versions and consensus state are never garbage-collected, only value
 bytes (R3).

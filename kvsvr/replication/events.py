@@ -3,7 +3,7 @@
 Theory. A replica reports the moments a checker needs to see, and nothing
 else acts on them: the node shell passes no observer (core.ignore_event),
 the simulator's oracle checks invariants on them and places crashes at
-them (jepsen_tests/simulation_oracle.py, simulator.py), and the rule tests
+them (jepsen_tests/simulator/oracle.py, simulation.py), and the rule tests
 assert on them. Each event is a frozen dataclass, matched by type; an
 event that costs work to build (`Applied`'s state digest) is built only
 when someone observes.

@@ -108,7 +108,7 @@ class LogStream(Part):
         stored_trim_point = self.storage.get(Family.META, durable.LOG_TRIMMED_KEY)
         if stored_trim_point is not None:
             self._log_trimmed_through = tuple(
-                decode_value(stored_trim_point, durable.LOG_TRIMMED_KEY)
+                decode_value(Family.META, stored_trim_point, durable.LOG_TRIMMED_KEY)
             )
             self._log_last = self._log_trimmed_through
         # The log holds at most about log_retained_records_max records.
@@ -119,7 +119,7 @@ class LogStream(Part):
         self._log_tail_after = self._log_last  # nothing cached yet: all of it is in storage
         for origin_stored_key, stored_cursor in self.storage.scan(Family.CURSORS, b"", None, 1 << 16):
             origin = int.from_bytes(origin_stored_key, "big")
-            self._cursors[origin] = tuple(decode_value(stored_cursor, origin_stored_key))
+            self._cursors[origin] = tuple(decode_value(Family.CURSORS, stored_cursor, origin_stored_key))
 
     # -- the log -----------------------------------------------------------------
 

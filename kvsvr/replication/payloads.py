@@ -73,7 +73,7 @@ class PayloadStore(Part):
         """(key, payload bytes) of `ref`, from wherever this node holds it."""
         stored = self.storage.get(Family.PAYLOADS, durable.ref_key(ref))
         if stored is not None:
-            key, payload = decode_value(stored, durable.ref_key(ref))
+            key, payload = decode_value(Family.PAYLOADS, stored, durable.ref_key(ref))
             return key, payload
         if ref[0] == self.node_id:
             position_key = durable.position_key((ref[1], ref[2]))
@@ -132,7 +132,7 @@ class PayloadStore(Part):
             budget -= len(found)
             deletes = []
             for stored_key, stored in found:
-                key, _payload = decode_value(stored, stored_key)
+                key, _payload = decode_value(Family.PAYLOADS, stored, stored_key)
                 ref = durable.ref_from_key(stored_key)
                 if not self.payload_pinned(key, ref):
                     deletes.append((Family.PAYLOADS, stored_key, None))

@@ -140,7 +140,7 @@ class Replica(Part):
         """Raise and sync the incarnation before anything is sent (R1)."""
         assert not self.started
         stored = self.storage.get(Family.META, durable.INCARNATION_KEY)
-        previous = 0 if stored is None else decode_int(stored, durable.INCARNATION_KEY)
+        previous = 0 if stored is None else decode_int(Family.META, stored, durable.INCARNATION_KEY)
         self.core.incarnation = previous + 1
         if self.options.bug_incarnation_not_raised:
             self.core.incarnation = max(previous, 1)

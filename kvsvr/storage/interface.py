@@ -6,16 +6,9 @@ ordered range, write a batch atomically, and know when a batch is synced.
 encodings live in `records.py`, above this layer, so both implementations
 are checked the same way.
 
-Column families (one RocksDB database, one shared write-ahead log):
-
-    keys         key -> key state (version, kind, value or tombstone)
-    rows         u16 len || key || row id -> row (version changed, value)
-    row_changes  u16 len || key || u64 version -> row ids changed then
-    acceptor     key -> per-key consensus state (promised, accepted, chosen)
-    log          the node's own replication log, by sequence number
-    payloads     payloads received from peers, by ref
-    cursors      stream cursors per (origin, incarnation)
-    meta         node identity: incarnation, format version
+Column families (`Family`): one RocksDB database, one shared write-ahead
+log, one family per kind of record. What each holds, and how its keys are
+built, is in docs/architecture.md ("Storage layout"), the one description.
 
 Durability. `write(..., sync=True)` returns only after the batch and every
 write before it are on disk (one WAL, so a synced batch persists every

@@ -15,6 +15,7 @@ from kvsvr_test_support import EngineDriver, serving_node
 from kvsvr.client import Client
 from kvsvr.core import records
 from kvsvr.protocol.errors import ChecksumError
+from kvsvr.storage import Family
 from kvsvr.storage.rocks import RocksStorage
 
 SECRET = b"the value that must never come back wrong"
@@ -125,11 +126,11 @@ def test_decode_record_rejects_truncation_and_accepts_only_its_own_checksum():
     """records.decode_record: a good record decodes; a record shorter than its checksum,
     or with any single byte flipped, raises ChecksumError naming the column family and key."""
     stored = records.encode_record([3, "kv", b"value"])
-    assert records.decode_record(stored, column_family="keys", key=b"k") == [3, "kv", b"value"]
+    assert records.decode_record(stored, column_family=Family.KEYS, key=b"k") == [3, "kv", b"value"]
     with pytest.raises(ChecksumError, match="truncated"):
-        records.decode_record(stored[:3], column_family="keys", key=b"k")
+        records.decode_record(stored[:3], column_family=Family.KEYS, key=b"k")
     for offset in range(len(stored)):
         damaged = bytearray(stored)
         damaged[offset] ^= 0x80
         with pytest.raises(ChecksumError, match=r"keys/b'k'"):
-            records.decode_record(bytes(damaged), column_family="keys", key=b"k")
+            records.decode_record(bytes(damaged), column_family=Family.KEYS, key=b"k")

@@ -114,15 +114,14 @@ def _table_history(*events):
 def test_unseen_indeterminate_append_counts_for_a_conditional_append_without_a_final_read():
     """A timed-out append nobody saw may still explain the version a failed
     append-if-version reports: it is kept when no read came after."""
-    from jepsen_tests.checker import Verdict, check_events
-    from jepsen_tests.checker.versioned_models import CHECKED_MODELS
+    from jepsen_tests.checker import Verdict, check_events, model_named
 
     history = _table_history(
         (1, "invoke", "append", "a"),
         (2, "invoke", "append-if-version", [0, "b"]),
         (2, "fail", "append-if-version", 1),  # saw version 1: "a" took effect
     )
-    result = check_events(history, CHECKED_MODELS["table-append"])
+    result = check_events(history, model_named("versioned-table-append"))
     assert result.verdict is Verdict.LINEARIZABLE
 
 
@@ -130,8 +129,7 @@ def test_unseen_indeterminate_append_is_left_out_after_a_final_read():
     """With a whole-table read after every determinate append, an append it
     does not show never took effect before them: the same failed conditional
     append is now caught, and quickly."""
-    from jepsen_tests.checker import Verdict, check_events
-    from jepsen_tests.checker.versioned_models import CHECKED_MODELS
+    from jepsen_tests.checker import Verdict, check_events, model_named
 
     history = _table_history(
         (1, "invoke", "append", "a"),
@@ -140,5 +138,5 @@ def test_unseen_indeterminate_append_is_left_out_after_a_final_read():
         (3, "invoke", "read", None),
         (3, "ok", "read", []),
     )
-    result = check_events(history, CHECKED_MODELS["table-append"])
+    result = check_events(history, model_named("versioned-table-append"))
     assert result.verdict is Verdict.NOT_LINEARIZABLE
