@@ -344,6 +344,21 @@ async def run_etcd(cluster: EtcdCluster, options: argparse.Namespace) -> dict:
 # -- KVSvr under trio --------------------------------------------------------------
 
 
+# Counters every node reports in its status, summed over the group and
+# divided by the operations of a workload: the work one operation costs.
+NODE_COUNTERS = ("peer_messages_sent", "peer_envelopes_sent", "syncs",
+                 "storage_records_written", "storage_batches_written")
+
+
+async def group_counters(group: GroupProcesses) -> Counter:
+    total: Counter = Counter()
+    for node in group.nodes.values():
+        async with Client(node.address, timeout_seconds=REQUEST_TIMEOUT_SECONDS) as client:
+            status = await client.status()
+        total.update({name: status.get(name, 0) for name in NODE_COUNTERS})
+    return total
+
+
 async def run_kvsvr(group: GroupProcesses, options: argparse.Namespace) -> dict:
     keys = kvctl_bench.bench_keys(options.keys)
     value = kvctl_bench.bench_value(options.value_size)
@@ -360,16 +375,23 @@ async def run_kvsvr(group: GroupProcesses, options: argparse.Namespace) -> dict:
             )
             operation = kvctl_bench.workload_operation(client, plan, keys, value)
             measurement = Measurement()
+            counted_before = await group_counters(group)
             with CpuWindow(pids, measurement):
                 recorder = await kvctl_bench.drive_closed_loop(
                     [operation], options.concurrency, options.seconds
                 )
+            counted = await group_counters(group)
+            counted.subtract(counted_before)
             if recorder.misses:
                 raise AssertionError(f"{recorder.misses} gets found no value after the preload")
             measurement.latencies_seconds = recorder.samples()
             measurement.errors = recorder.errors
             measurement.elapsed_seconds = recorder.elapsed_seconds
             results[workload] = measurement.to_json()
+            answered = max(1, len(measurement.latencies_seconds))
+            results[workload]["per_op"] = {
+                name: round(counted[name] / answered, 2) for name in NODE_COUNTERS
+            }
     results["preload_seconds"] = round(preload_seconds, 2)
     return results
 
@@ -439,6 +461,10 @@ def table_lines(report: dict) -> list[str]:
             f"{_cell(ratio['server_cpu_us_per_op'], 12, '.2f')}"
             f"{_cell(ratio['client_cpu_us_per_op'], 12, '.2f')}"
         )
+        per_op = report["kvsvr"][workload].get("per_op")
+        if per_op:
+            lines.append("  kvsvr per op, all nodes: " + ", ".join(
+                f"{name.replace('_', ' ')} {value:g}" for name, value in per_op.items()))
         lines.append("")
     return lines
 

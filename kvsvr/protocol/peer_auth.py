@@ -8,7 +8,7 @@ challenge-response, mutual):
 
     connecting node F                              accepting node T
     {"op": "peer", "from": F, "channel": C,
-     "nonce": Nf, "keys": [K, ...]}            ->
+     "wire": W, "nonce": Nf, "keys": [K, ...]} ->
                                                <-  {"nonce": Nt, "key": K,
                                                     "proof": HMAC(S_K, ACCEPTING | t)}
     checks T's proof
@@ -16,7 +16,7 @@ challenge-response, mutual):
      "proof": HMAC(S_K, CONNECTING | t)}        ->
                                                    checks F's proof; the link is up
 
-    t = the group's cluster id, F, T, C, Nf, Nt   (each length-prefixed)
+    t = the group's cluster id, F, T, C, W, Nf, Nt   (each length-prefixed)
 
 Why each part is there:
 
@@ -31,6 +31,10 @@ Why each part is there:
   attacker chooses the connecting nonce.
 - F, T and C are in t: a proof for n2 -> n1 on the consensus channel is not
   one for n3 -> n1, nor for n2's stream channel, nor for n1 -> n2.
+- W is the version of the peer wire format (replication/codec.py): a
+  member that speaks another version is refused at the hello, in words
+  that say so, instead of misreading frames. It is in t too, so nobody
+  can rewrite it on the way.
 - The cluster id is a hash of the member list: a secret reused by two
   groups does not let a member of one pass as a member of the other.
 - Key ids (a truncated HMAC of a constant, so naming a key says nothing of
@@ -143,13 +147,13 @@ def cluster_id(members: Mapping[int, tuple[str, int]]) -> bytes:
 
 
 def transcript(
-    cluster: bytes, from_id: int, to_id: int, channel: str, connecting_nonce: bytes,
-    accepting_nonce: bytes,
+    cluster: bytes, from_id: int, to_id: int, channel: str, wire_version: int,
+    connecting_nonce: bytes, accepting_nonce: bytes,
 ) -> bytes:
     """Everything a proof vouches for, each field length-prefixed so that no two
     different hellos give the same bytes."""
-    fields = [cluster, b"%d" % from_id, b"%d" % to_id, channel.encode(), connecting_nonce,
-              accepting_nonce]
+    fields = [cluster, b"%d" % from_id, b"%d" % to_id, channel.encode(), b"%d" % wire_version,
+              connecting_nonce, accepting_nonce]
     return b"".join(struct.pack(">I", len(field)) + field for field in fields)
 
 
@@ -176,8 +180,10 @@ class AcceptingHandshake:
     """The accepting end: take the hello, answer the challenge, check the proof."""
 
     def __init__(self, secrets: PeerSecrets, cluster: bytes, own_id: int,
-                 members: Collection[int], channels: Collection[str], nonce: bytes):
+                 members: Collection[int], channels: Collection[str], nonce: bytes,
+                 wire_version: int):
         assert len(nonce) == NONCE_SIZE_BYTES
+        self._wire_version = wire_version
         self._secrets = secrets
         self._cluster = cluster
         self._own_id = own_id
@@ -202,6 +208,12 @@ class AcceptingHandshake:
         if "nonce" not in hello or "keys" not in hello:
             raise HelloRefused("unauthenticated peer hello (no nonce or key ids): "
                                "every member needs the group's peer secret")
+        wire = hello.get("wire", 1)  # the first format's hello did not say
+        if wire != self._wire_version:
+            raise HelloRefused(
+                f"n{source} speaks peer wire version {quoted(wire)}, this node "
+                f"{self._wire_version}: every member of a group must run the same version"
+            )
         connecting_nonce = _bytes_field(hello, "nonce", NONCE_SIZE_BYTES)
         offered = hello.get("keys")
         if not isinstance(offered, list) or not 1 <= len(offered) <= SECRETS_HELD_MAX \
@@ -214,7 +226,7 @@ class AcceptingHandshake:
             raise HelloRefused(f"n{source} holds no peer secret this node holds "
                                "(a different --peer-secret-file?)")
         hello_transcript = transcript(self._cluster, source, self._own_id, channel,
-                                      connecting_nonce, self._nonce)
+                                      self._wire_version, connecting_nonce, self._nonce)
         self._expected = proof(chosen, CONNECTING_LABEL, hello_transcript)
         return {"nonce": self._nonce, "key": key_id(chosen),
                 "proof": proof(chosen, ACCEPTING_LABEL, hello_transcript)}
@@ -235,8 +247,9 @@ class ConnectingHandshake:
     """The connecting end: say hello, check the accepting node's proof, prove."""
 
     def __init__(self, secrets: PeerSecrets, cluster: bytes, own_id: int, peer_id: int,
-                 channel: str, nonce: bytes):
+                 channel: str, nonce: bytes, wire_version: int):
         assert len(nonce) == NONCE_SIZE_BYTES
+        self._wire_version = wire_version
         self._secrets = secrets
         self._cluster = cluster
         self._own_id = own_id
@@ -246,7 +259,8 @@ class ConnectingHandshake:
 
     def hello(self) -> dict:
         return {"op": "peer", "from": self._own_id, "channel": self._channel,
-                "nonce": self._nonce, "keys": self._secrets.key_ids()}
+                "wire": self._wire_version, "nonce": self._nonce,
+                "keys": self._secrets.key_ids()}
 
     def on_challenge(self, answer: Mapping) -> dict:
         """The proof to send once the accepting node proved itself. Raises HelloRefused."""
@@ -257,7 +271,7 @@ class ConnectingHandshake:
         if secret is None:
             raise HelloRefused(f"n{self._peer_id} chose a key this node did not offer")
         hello_transcript = transcript(self._cluster, self._own_id, self._peer_id, self._channel,
-                                      self._nonce, accepting_nonce)
+                                      self._wire_version, self._nonce, accepting_nonce)
         if not hmac.compare_digest(given, proof(secret, ACCEPTING_LABEL, hello_transcript)):
             raise HelloRefused(f"n{self._peer_id} did not prove it holds the group's peer secret")
         return {"op": "peer_proof", "proof": proof(secret, CONNECTING_LABEL, hello_transcript)}

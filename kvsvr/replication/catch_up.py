@@ -5,8 +5,11 @@ Theory of operation. A replica whose `chosen` is above its applied version
 deduces it. docs/protocol-rules.md: "A decision may exist in no stream at all: pulling
 is the only complete path."
 
-- Payload by ref: `FetchPayload` to the ref's origin first, then to each
-  other peer in turn (the origin may be down). A reply is stored only if
+- Payload by ref: a payload first needed is given `payload_fetch_grace_ticks`
+  to arrive on its origin's stream (an Accept or a Commit often overtakes
+  the record that carries it, and asking at once would send every such
+  payload twice); then `FetchPayload` to the ref's origin first, then to
+  each other peer in turn (the origin may be down). A reply is stored only if
   its bytes match the ref's crc32c (invariant 5). When every peer has said
   it holds none (payloads are collected once applied, payloads.py), the
   replica takes the key's state instead.
@@ -30,6 +33,13 @@ is the only complete path."
   behind then catches up by payload or state as above. The walk's position
   is durable, so it resumes after a restart, and it asks for a next page
   only while fewer than `catch_up_keys_max` keys are catching up.
+
+- Keys left behind by a restart: which keys are decided beyond what is
+  applied is kept in memory (acceptor.catching_up) and lost in a crash, and
+  a key nobody writes or reads again would stay behind for good. So after
+  every start the acceptor records are swept once, `walk_page_keys_max`
+  per tick while fewer than `catch_up_keys_max` keys are catching up, and
+  every key found behind catches up as above.
 
 Every fetch is retried every `fetch_retry_ticks` while it is needed,
 rotating over the peers.
@@ -125,6 +135,8 @@ class CatchUp(Part):
         self._staged_states: dict[bytes, StagedState] = {}
         # origin -> (the trim point that started the walk, the next key to ask for)
         self._walks: dict[int, tuple[LogPosition, bytes]] = {}
+        # The next acceptor record the sweep after a start reads; None: done.
+        self._restart_sweep_from: bytes | None = b""
 
     def load_walks(self) -> None:
         """At start: resume every unfinished walk."""
@@ -137,12 +149,18 @@ class CatchUp(Part):
     # -- asking ----------------------------------------------------------------
 
     def fetch_payload(self, ref: Ref, preferred: int) -> None:
-        if not self._due(PayloadFetch(ref)):
+        what = PayloadFetch(ref)
+        grace = self.options.payload_fetch_grace_ticks
+        if grace and what not in self._fetch_retry_at and what not in self._fetch_attempt_count:
+            # First needed: give the origin's stream its grace before asking.
+            self._fetch_retry_at[what] = self.now + grace
+            return
+        if not self._due(what):
             return
         targets = [preferred] if preferred in self.peers else []
         targets += [peer for peer in self.peers if peer != preferred]
         # The origin first; after a miss, anyone (it may have crashed).
-        attempt = self._fetch_attempts(PayloadFetch(ref))
+        attempt = self._fetch_attempts(what)
         self._send(targets[attempt % len(targets)], FetchPayload(ref))
 
     def fetch_state(self, key: bytes, version_min: int) -> None:
@@ -335,3 +353,15 @@ class CatchUp(Part):
     def on_tick(self) -> None:
         for origin in sorted(self._walks):
             self.continue_walk(origin)
+        if self._restart_sweep_from is not None and (
+            len(self.acceptor.catching_up) < self.options.catch_up_keys_max
+        ):
+            self._sweep_after_restart()
+
+    def _sweep_after_restart(self) -> None:
+        page_max = self.options.walk_page_keys_max
+        page = self.storage.scan(Family.ACCEPTOR, self._restart_sweep_from, None, page_max + 1)
+        for key, stored in page[:page_max]:
+            if self.core.peek_consensus(key, stored).chosen_version > self.keyspace.key_state(key).version:
+                self.acceptor.advance(key)
+        self._restart_sweep_from = page[page_max][0] if len(page) > page_max else None

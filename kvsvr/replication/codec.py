@@ -1,99 +1,78 @@
-"""Replica messages on the wire: CBOR with two tags, so they come back exactly.
+"""Replica messages on the wire: msgpack arrays, decoded straight into checked types.
 
-A message is a frozen dataclass holding ints, bytes, strings, tuples (ballots,
-refs, log positions) and other such dataclasses (Instance, Vote, records).
-CBOR has no tuples and no classes, so:
+Theory. Every message is a frozen `msgspec.Struct` (messages.py) encoded as
+a msgpack array: its tag first (which message), then its fields in order;
+the values inside it (an Instance, a Vote, a log record) are arrays too.
+Decoding is done in C by msgspec against the message types themselves, so
+a peer's frame becomes a message only if every field has its declared
+type: a ballot is three integers, a key is bytes, an outcome is one of
+AcceptOutcome's values, an optional field is the type or nil. Anything
+else (an unknown tag, a missing or extra field, a string where bytes
+belong, an integer out of 64 bits) is a `CodecError`, and the shell drops
+that peer's link. What types cannot say (a ballot naming a member, a
+version that follows the decided one) is checked next, by peer_input.py,
+before the core acts on the message.
 
-    tag 6000: [class name, field values...]   a dataclass from messages.py
-    tag 6001: [items...]                      a tuple
+An *envelope* is what one peer link sends in one frame: a msgpack array
+of messages, each encoded once when it was queued (`encode_message`), so
+the link joins their bytes behind one array header and the receiver
+decodes the whole envelope in one call. The bytes of an envelope are
+bounded by the link (shell/replica_node.py), and never exceed a frame.
 
-Decoding builds only the classes in `messages.py` (anything else is bad
-input from a peer: CodecError, and the link is dropped). Tuples matter:
-ballots and refs are compared with `==`, and `(1, 2) != [1, 2]`.
+`WIRE_VERSION` names this format in the peer hello: members that speak
+different versions refuse each other's links instead of misreading them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
+import struct
+from collections.abc import Sequence
 
-import cbor2
+import msgspec
 
 from kvsvr.replication import messages
 
-_TAG_DATACLASS = 6000
-_TAG_TUPLE = 6001
-# Peer messages nest shallowly (a stream batch of records holding instances).
-_NESTING_MAX = 12
+WIRE_VERSION = 2
 
-_CLASSES = {
-    cls.__name__: cls
-    for cls in vars(messages).values()
-    if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls is not messages.Effects
-}
-_FIELD_NAMES = {
-    name: tuple(field.name for field in dataclasses.fields(cls)) for name, cls in _CLASSES.items()
-}
-_FIELDS_BY_CLASS = {cls: _FIELD_NAMES[name] for name, cls in _CLASSES.items()}
-_SCALARS = frozenset((int, bytes, str, bool, float, type(None)))
-# Fields that hold an enum: sent as its value, decoded back into the enum
-# (a value that is none of its members is bad input).
-_ENUM_FIELDS = {"Accepted": {_FIELD_NAMES["Accepted"].index("outcome"): messages.AcceptOutcome}}
+_ENCODER = msgspec.msgpack.Encoder()
+_MESSAGE_DECODER = msgspec.msgpack.Decoder(messages.Message)
+_ENVELOPE_DECODER = msgspec.msgpack.Decoder(list[messages.Message])
+# msgpack array headers: fixarray, array 16, array 32.
+_FIXARRAY_COUNT_MAX = 15
+_ARRAY16 = struct.Struct(">BH")
+_ARRAY32 = struct.Struct(">BI")
+ENVELOPE_HEADER_SIZE_MAX_BYTES = _ARRAY32.size
 
 
 class CodecError(ValueError):
-    """A peer sent bytes that are not a message we know."""
+    """A peer sent bytes that are not a message (or an envelope) we know."""
 
 
 def encode_message(message: messages.Message) -> bytes:
-    return cbor2.dumps(_plain(message))
-
-
-def _plain(value):
-    kind = type(value)
-    if kind in _SCALARS:
-        return value
-    if kind is tuple:
-        return cbor2.CBORTag(_TAG_TUPLE, [_plain(item) for item in value])
-    if kind is list:
-        return [_plain(item) for item in value]
-    if isinstance(value, enum.Enum):
-        return value.value
-    fields = _FIELDS_BY_CLASS.get(kind)
-    if fields is not None:
-        return cbor2.CBORTag(
-            _TAG_DATACLASS, [kind.__name__, *[_plain(getattr(value, field)) for field in fields]]
-        )
-    assert not isinstance(value, (tuple, list)), f"no encoding for {kind.__name__}"
-    return value
-
-
-def _tag_hook(first, second):
-    # cbor2 5 calls hook(decoder, tag); cbor2 6 calls hook(tag, immutable).
-    tag = second if type(second) is cbor2.CBORTag else first
-    if tag.tag == _TAG_TUPLE and isinstance(tag.value, (list, tuple)):
-        return tuple(tag.value)
-    if tag.tag == _TAG_DATACLASS and isinstance(tag.value, (list, tuple)) and tag.value:
-        name, *fields = tag.value
-        cls = _CLASSES.get(name) if isinstance(name, str) else None
-        if cls is None or len(fields) != len(_FIELD_NAMES[name]):
-            raise CodecError(f"unknown message shape {name!r}")
-        for index, enum_type in _ENUM_FIELDS.get(name, {}).items():
-            try:
-                fields[index] = enum_type(fields[index])
-            except (ValueError, TypeError):
-                raise CodecError(f"{name}: {fields[index]!r:.40} is not a {enum_type.__name__}") from None
-        return cls(*fields)
-    raise CodecError(f"unexpected CBOR tag {tag.tag}")
+    return _ENCODER.encode(message)
 
 
 def decode_message(body: bytes) -> messages.Message:
     try:
-        message = cbor2.loads(body, tag_hook=_tag_hook, max_depth=_NESTING_MAX)
-    except CodecError:
-        raise
-    except Exception as error:  # any decoder failure: the peer's bytes are bad
+        return _MESSAGE_DECODER.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise CodecError(f"undecodable peer message: {error}") from None
-    if type(message).__name__ not in _CLASSES:
-        raise CodecError(f"a peer frame must hold a message, not {type(message).__name__}")
-    return message
+
+
+def envelope_body(encoded_messages: Sequence[bytes]) -> bytes:
+    """One envelope from messages already encoded by `encode_message`."""
+    count = len(encoded_messages)
+    if count <= _FIXARRAY_COUNT_MAX:
+        header = bytes((0x90 | count,))
+    elif count <= 0xFFFF:
+        header = _ARRAY16.pack(0xDC, count)
+    else:
+        header = _ARRAY32.pack(0xDD, count)
+    return header + b"".join(encoded_messages)
+
+
+def decode_envelope(body: bytes) -> list[messages.Message]:
+    try:
+        return _ENVELOPE_DECODER.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise CodecError(f"undecodable peer envelope: {error}") from None

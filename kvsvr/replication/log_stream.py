@@ -21,8 +21,11 @@ goes back. Otherwise it stores each record past its cursor idempotently
 (payloads checked against their crc32c; a corrupt one stops the batch
 there, unacked: invariant 5), writes the cursor after them (a crash keeps
 a prefix of the writes, so a surviving cursor means surviving records),
-and acks the cursor. The ack is a message, so it leaves only after the
-sync: acks are cumulative and only ever name synced records. Every
+and acks the cursor: at once once `stream_ack_records_max` records from
+that origin are unacked, otherwise at its next tick, so a busy stream
+costs one ack per tick or per that many records, not one per batch. The
+ack is a message, so it leaves only after the sync: acks are cumulative
+and only ever name synced records. Every
 `stream_ack_interval_ticks` a receiver acks each origin anyway: that is how
 a restarted origin learns where each peer stands.
 
@@ -96,6 +99,8 @@ class LogStream(Part):
         self._streams = {peer: StreamOut() for peer in self.peers}
         self._cursors: dict[int, LogPosition] = {}  # origin -> position held up to
         self._last_ack_tick: dict[int, int] = {}
+        # origin -> records stored from it since the last ack we sent it
+        self._unacked_records: dict[int, int] = {}
         # The newest log records, in position order: every record after
         # `_log_tail_after` is here (the stream reads them without a scan).
         # Between log_tail_cached_records_max and twice that many are kept.
@@ -256,8 +261,12 @@ class LogStream(Part):
                 ]
             )
             self.catch_up.continue_walk(source)
-        self._send(source, StreamAck(cursor))
-        self._last_ack_tick[source] = self.now
+        self._ack(source)
+
+    def _ack(self, origin: int) -> None:
+        self._send(origin, StreamAck(self._cursors.get(origin, LOG_START)))
+        self._last_ack_tick[origin] = self.now
+        self._unacked_records[origin] = 0
 
     def on_stream_records(self, source: int, message: StreamRecords) -> None:
         cursor = self._cursors.get(source, LOG_START)
@@ -278,8 +287,11 @@ class LogStream(Part):
             cursor = position
         self._cursors[source] = cursor
         self._write([(Family.CURSORS, durable.origin_key(source), encode_value(list(cursor)))])
-        self._send(source, StreamAck(cursor))
-        self._last_ack_tick[source] = self.now
+        unacked = self._unacked_records.get(source, 0) + len(message.records)
+        if unacked >= self.options.stream_ack_records_max:
+            self._ack(source)
+        else:
+            self._unacked_records[source] = unacked
         for ref, key in touched_refs:
             self.acceptor.on_payload_stored(ref, key)
 
@@ -293,11 +305,10 @@ class LogStream(Part):
                 stream.sent = stream.acked  # go back and resend from the ack
                 stream.last_progress_tick = self.now
         for origin in self.peers:
-            if self.now - self._last_ack_tick.get(origin, -(10**9)) >= (
-                self.options.stream_ack_interval_ticks
-            ):
-                self._last_ack_tick[origin] = self.now
-                self._send(origin, StreamAck(self._cursors.get(origin, LOG_START)))
+            if self._unacked_records.get(origin, 0) or self.now - self._last_ack_tick.get(
+                origin, -(10**9)
+            ) >= self.options.stream_ack_interval_ticks:
+                self._ack(origin)
 
 
 def record_size_bytes(record: LogRecord) -> int:

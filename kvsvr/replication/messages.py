@@ -31,6 +31,8 @@ import dataclasses
 import enum
 from typing import Any
 
+import msgspec
+
 Ballot = tuple[int, int, int]  # (round, incarnation, node_id)
 Ref = tuple[int, int, int, int]  # (origin, incarnation, seq, crc32c)
 LogPosition = tuple[int, int]  # (incarnation, seq) in an origin's log
@@ -40,8 +42,17 @@ ZERO_BALLOT: Ballot = (0, 0, 0)
 LOG_START: LogPosition = (0, 0)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Instance:
+class _Wire(msgspec.Struct, frozen=True, array_like=True):
+    """A value that crosses the peer wire: immutable, compared and hashed by
+    its fields, encoded as an array of them (codec.py)."""
+
+
+class _Tagged(_Wire, frozen=True, array_like=True):
+    """A message or log record: its tag, first in its array, says which
+    (the tags are the wire format: a tag is never reused for another class)."""
+
+
+class Instance(_Wire):
     first_version: int
     count: int
     ref: Ref
@@ -59,8 +70,7 @@ class Instance:
         return cls(first_version, count, tuple(ref))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Vote:
+class Vote(_Wire):
     """An acceptor's accepted value: `instance` at `ballot`."""
 
     ballot: Ballot
@@ -70,14 +80,12 @@ class Vote:
 # -- consensus channel -----------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Prepare:
+class Prepare(_Tagged, tag=1):
     key: bytes
     ballot: Ballot
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Promise:
+class Promise(_Tagged, tag=2):
     key: bytes
     ballot: Ballot  # echoes the Prepare (R5)
     granted: bool
@@ -87,8 +95,7 @@ class Promise:
     accepted_payload: bytes | None  # the payload of `accepted`, when the acceptor holds it
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Accept:
+class Accept(_Tagged, tag=3):
     key: bytes
     ballot: Ballot
     instance: Instance
@@ -103,8 +110,7 @@ class AcceptOutcome(enum.StrEnum):
     ALREADY_CHOSEN = "already_chosen"  # the version is decided
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(_Tagged, tag=4):
     key: bytes
     ballot: Ballot  # echoes (K, b, v, ref) of the Accept (R5)
     instance: Instance
@@ -116,22 +122,19 @@ class Accepted:
     # ref won (R9) even if `chosen` has moved on.
     decided: Instance | None = None
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(_Tagged, tag=5):
     """A decided instance: the latency shortcut for the Decision log record."""
 
     key: bytes
     instance: Instance
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Read:
+class Read(_Tagged, tag=6):
     key: bytes
     read_id: ReadId
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReadReply:
+class ReadReply(_Tagged, tag=7):
     key: bytes
     read_id: ReadId  # echoes the Read
     chosen: Instance | None
@@ -139,28 +142,24 @@ class ReadReply:
     applied_version: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class FetchPayload:
+class FetchPayload(_Tagged, tag=8):
     ref: Ref
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PayloadReply:
+class PayloadReply(_Tagged, tag=9):
     ref: Ref
     key: bytes
     payload: bytes | None  # None: not held here
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class FetchState:
+class FetchState(_Tagged, tag=10):
     """Ask for the applied state of `key` at a version >= `version_min` (state transfer)."""
 
     key: bytes
     version_min: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class StateReply:
+class StateReply(_Tagged, tag=11):
     """One page of the sender's applied state of `key`.
 
     A table's rows are split into `pages` messages, all read in one step
@@ -180,8 +179,7 @@ class StateReply:
     pages: int = 1
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class FetchDecisions:
+class FetchDecisions(_Tagged, tag=12):
     """Ask for the decided instance of every key from `start_key` on (a key-range walk)."""
 
     start_key: bytes
@@ -191,8 +189,7 @@ class FetchDecisions:
     walk: LogPosition = LOG_START
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DecisionsReply:
+class DecisionsReply(_Tagged, tag=13):
     start_key: bytes
     decisions: tuple[tuple[bytes, Instance], ...]  # (key, chosen), in key order
     next_key: bytes | None  # where the walk goes on; None: it is complete
@@ -202,8 +199,7 @@ class DecisionsReply:
 # -- stream channel --------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PayloadRecord:
+class PayloadRecord(_Tagged, tag=14):
     """Log record: the bytes of a batch of mutations for `key`."""
 
     ref: Ref
@@ -211,8 +207,7 @@ class PayloadRecord:
     payload: bytes
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DecisionRecord:
+class DecisionRecord(_Tagged, tag=15):
     """Log record: `instance` of `key` is decided."""
 
     key: bytes
@@ -222,8 +217,7 @@ class DecisionRecord:
 LogRecord = PayloadRecord | DecisionRecord
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class StreamRecords:
+class StreamRecords(_Tagged, tag=16):
     """Records of the sender's own log, in order, each at its position.
 
     `after` is the position the first record follows in the sender's log, so
@@ -234,15 +228,13 @@ class StreamRecords:
     records: tuple[tuple[LogPosition, LogRecord], ...]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class StreamAck:
+class StreamAck(_Tagged, tag=17):
     """Everything up to `position` of the receiver's copy of our log is synced."""
 
     position: LogPosition
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class StreamTrimmed:
+class StreamTrimmed(_Tagged, tag=18):
     """The sender's log no longer holds the records up to `trimmed_through`.
 
     A receiver whose cursor is below it moves the cursor there and learns

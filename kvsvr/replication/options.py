@@ -36,6 +36,10 @@ class ReplicaOptions:
     # A receiver re-acks each origin this often (how a restarted origin learns
     # where to resume); an origin resends from the ack if nothing moved this long.
     stream_ack_interval_ticks: int = 16
+    # Records are acked in bulk: at once when this many arrived unacked from
+    # one origin, otherwise at the receiver's next tick (an ack vouches for
+    # nothing a client waits on; it moves the origin's window and trimming).
+    stream_ack_records_max: int = 128
     # Send log records at the end of every step (True), or only when the
     # shell calls `Replica.pump_streams()` (False): the node shell pumps
     # once after each burst of steps, so one StreamRecords carries every
@@ -47,6 +51,10 @@ class ReplicaOptions:
     stream_retransmit_ticks: int = 24
     # Fetches of a missing payload or state are retried this often.
     fetch_retry_ticks: int = 12
+    # A payload first needed (an Accept or a decision overtook its record on
+    # the stream) is asked for only after this long: the stream almost
+    # always brings it first, and then the payload crosses the network once.
+    payload_fetch_grace_ticks: int = 2
     # Log trimming (R11). An origin trims below every peer's acknowledged
     # position; beyond this many records it trims anyway, and a peer left
     # below the trim point catches up by state transfer (it is told so).
@@ -122,6 +130,12 @@ def check_consistent(options: ReplicaOptions, limits) -> None:
         "a state transfer page and its key's value": options.state_transfer_page_max_bytes
         + limits.value_size_max_bytes,
     }
+    if not 1 <= options.stream_ack_records_max <= options.stream_window_records // 2:
+        raise ValueError(
+            f"stream_ack_records_max ({options.stream_ack_records_max}) must be between 1 and "
+            f"half of stream_window_records ({options.stream_window_records}), or an origin's "
+            f"window fills before its peer acks"
+        )
     for what, size in needs.items():
         if size > payload_max:
             raise ValueError(

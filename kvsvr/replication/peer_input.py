@@ -1,10 +1,11 @@
 """Checking what a peer sends, before the core acts on it (STYLE.md §7).
 
 Theory of operation. A peer is outside: a message from one is bad input
-until shown otherwise, like a client's request. The codec (codec.py) only
-rebuilds the dataclasses of messages.py; their fields can hold anything
-CBOR can say. Two checks stand between a decoded message and the
-replica's handlers:
+until shown otherwise, like a client's request. The codec (codec.py)
+decodes a frame only into messages whose fields have their declared types;
+the simulator and the tests hand messages to the core without it, and
+types say nothing of ranges, members or consistency. Two checks stand
+between a message and the replica's handlers:
 
 - `check_message` (here, stateless): every field has its type, every
   number its range, every identity names a member, every byte string its

@@ -35,6 +35,9 @@ class StepWrites:
         self._before_flush = before_flush  # the owner's last writes of the step
         self._pending: list[Write] = []
         self._latest: dict[tuple[str, bytes], bytes | None] = {}
+        # What reached the storage, for status: records, and batches of them.
+        self.records_written = 0
+        self.batches_written = 0
 
     def write(self, writes: Sequence[Write], sync: bool = False) -> None:
         assert not sync, "a step never syncs: its shell does, after the step"
@@ -60,4 +63,6 @@ class StepWrites:
         pending, self._pending = self._pending, []
         self._latest.clear()
         self.storage.write(pending, sync=False)
+        self.records_written += len(pending)
+        self.batches_written += 1
         return True

@@ -75,7 +75,14 @@ from kvsvr.protocol.wire import (
     error_frame,
     frame_from_body,
 )
-from kvsvr.replication.codec import CodecError, decode_message, encode_message
+from kvsvr.replication.codec import (
+    ENVELOPE_HEADER_SIZE_MAX_BYTES,
+    WIRE_VERSION,
+    CodecError,
+    decode_envelope,
+    encode_message,
+    envelope_body,
+)
 from kvsvr.replication.messages import STREAM_MESSAGES, Effects, Message
 from kvsvr.replication.peer_input import PeerInputError
 from kvsvr.replication.replica import Replica, ReplicaOptions
@@ -86,12 +93,15 @@ from kvsvr.storage import Storage
 log = logging.getLogger("kvsvr.shell.replica_node")
 
 CHANNELS = ("consensus", "stream")
-# Frames, and their bytes, waiting on one outgoing peer link; past either,
+# Messages, and their bytes, waiting on one outgoing peer link; past either,
 # new messages are dropped (the protocol resends them).
 PEER_QUEUE_MESSAGES_MAX = 10_000
 PEER_QUEUE_MAX_BYTES = 64 * 1024 * 1024
-# Bytes written to a peer link in one send.
-PEER_SEND_BATCH_MAX_BYTES = 1024 * 1024
+# One envelope (one frame, one send): at most this many messages and bytes
+# of messages; a message larger alone goes alone (it fits a frame: the
+# replica's limits are checked against the frame size, options.py).
+ENVELOPE_MESSAGES_MAX = 4096
+ENVELOPE_MAX_BYTES = 1024 * 1024
 # Reconnection backoff for a peer link, doubling from the minimum.
 PEER_RECONNECT_MIN_SECONDS = 0.05
 PEER_RECONNECT_MAX_SECONDS = 1.0
@@ -133,21 +143,28 @@ class _PeerLink:
         self.queue: collections.deque[bytes] = collections.deque()
         self.queued_bytes = 0
         self.dropped = 0
+        self.envelopes_sent = 0
+        self.messages_sent = 0
+        # Within the peer's frame (the group shares its limits): a message
+        # alone always fits one (MESSAGE_OVERHEAD_BYTES covers the header).
+        self.envelope_max_bytes = min(
+            ENVELOPE_MAX_BYTES, node.limits.frame_size_max_bytes - ENVELOPE_HEADER_SIZE_MAX_BYTES
+        )
         self.connected = False
         self.hellos_failed = 0
         self._last_failure: str | None = None
         self._ready = trio.Event()
 
     def send(self, message: Message) -> None:
-        frame = frame_from_body(encode_message(message))
+        encoded = encode_message(message)
         if (
             len(self.queue) >= PEER_QUEUE_MESSAGES_MAX
-            or self.queued_bytes + len(frame) > PEER_QUEUE_MAX_BYTES
+            or self.queued_bytes + len(encoded) > PEER_QUEUE_MAX_BYTES
         ):
             self.dropped += 1
             return
-        self.queue.append(frame)
-        self.queued_bytes += len(frame)
+        self.queue.append(encoded)
+        self.queued_bytes += len(encoded)
         self._ready.set()
 
     async def run_forever(self) -> None:
@@ -206,7 +223,8 @@ class _PeerLink:
         """The connecting half of the hello (peer_auth.py); raises HelloRefused."""
         node = self.node
         handshake = ConnectingHandshake(node.peer_secrets, node.cluster_id, node.node_id,
-                                        self.peer, self.channel, secrets.token_bytes(NONCE_SIZE_BYTES))
+                                        self.peer, self.channel, secrets.token_bytes(NONCE_SIZE_BYTES),
+                                        WIRE_VERSION)
         await stream.send_all(encode_frame({"id": _HELLO_REQUEST_ID, **handshake.hello()}))
         decoder = FrameDecoder(PEER_HELLO_FRAME_SIZE_MAX_BYTES)
         body = await receive_body(stream, decoder, PEER_HELLO_FRAME_SIZE_MAX_BYTES)
@@ -223,16 +241,23 @@ class _PeerLink:
         await stream.send_all(encode_frame({"id": _PROOF_REQUEST_ID, **proof}))
 
     async def _send_queued(self, stream: trio.abc.Stream) -> None:
+        """Send everything queued, as soon as the link is free: one envelope
+        per send, so messages queued while a send was running go together."""
         while True:
             if not self.queue:
                 self._ready = trio.Event()
                 await self._ready.wait()
-            chunk = bytearray()
-            while self.queue and len(chunk) < PEER_SEND_BATCH_MAX_BYTES:
-                frame = self.queue.popleft()
-                self.queued_bytes -= len(frame)
-                chunk += frame
-            await stream.send_all(chunk)
+            batch = [self.queue.popleft()]
+            size = len(batch[0])
+            while (self.queue and len(batch) < ENVELOPE_MESSAGES_MAX
+                   and size + len(self.queue[0]) <= self.envelope_max_bytes):
+                encoded = self.queue.popleft()
+                batch.append(encoded)
+                size += len(encoded)
+            self.queued_bytes -= size
+            self.envelopes_sent += 1
+            self.messages_sent += len(batch)
+            await stream.send_all(frame_from_body(envelope_body(batch)))
 
 
 class ReplicaNode(FrameServer):
@@ -293,6 +318,7 @@ class ReplicaNode(FrameServer):
         self._next_call_id = 1
         self.syncs = 0
         self.peer_messages_received = 0
+        self.peer_envelopes_received = 0
         # Incoming peer links dropped for bad input (an undecodable frame, or
         # a message that failed the checks of peer_input.py).
         self.peer_links_dropped = 0
@@ -439,7 +465,9 @@ class ReplicaNode(FrameServer):
     def status_details(self) -> dict:
         links = {
             f"n{peer}/{channel}": {"connected": link.connected, "queued": len(link.queue),
-                                   "dropped": link.dropped, "hellos_failed": link.hellos_failed}
+                                   "dropped": link.dropped, "hellos_failed": link.hellos_failed,
+                                   "messages_sent": link.messages_sent,
+                                   "envelopes_sent": link.envelopes_sent}
             for (peer, channel), link in self._links.items()
         }
         return {
@@ -448,6 +476,7 @@ class ReplicaNode(FrameServer):
             "incarnation": self.replica.incarnation,
             "syncs": self.syncs,
             "peer_messages_received": self.peer_messages_received,
+            "peer_envelopes_received": self.peer_envelopes_received,
             "peer_links_dropped": self.peer_links_dropped,
             "peer_hellos_accepted": self.peer_hellos_accepted,
             "peer_hellos_refused": self.peer_hellos_refused,
@@ -458,6 +487,10 @@ class ReplicaNode(FrameServer):
             "writes_prepared": self.replica.writes_decided["prepared"],
             "walks_started": self.replica.catch_up_counts["walks_started"],
             "states_installed": self.replica.catch_up_counts["states_installed"],
+            "storage_records_written": self.replica.storage_counts["records_written"],
+            "storage_batches_written": self.replica.storage_counts["batches_written"],
+            "peer_messages_sent": sum(link.messages_sent for link in self._links.values()),
+            "peer_envelopes_sent": sum(link.envelopes_sent for link in self._links.values()),
             "log_trimmed_through": list(self.replica.log_trimmed_through),
             "links": links,
         }
@@ -479,10 +512,12 @@ class ReplicaNode(FrameServer):
         while True:
             try:
                 while (body := decoder.next_body()) is not None:
-                    message = decode_message(body)
-                    self.peer_messages_received += 1
+                    envelope = decode_envelope(body)
+                    self.peer_envelopes_received += 1
+                    self.peer_messages_received += len(envelope)
                     self._last_heard[source] = trio.current_time()
-                    self._step(source, message)
+                    for message in envelope:
+                        self._step(source, message)
             except (FrameError, CodecError, PeerInputError) as error:
                 # Bad input from a peer: nothing of it was acted on (the
                 # replica checks a message before it changes anything).
@@ -504,7 +539,8 @@ class ReplicaNode(FrameServer):
         bytes: the authenticated peer's id and the bytes it sent past its proof,
         or None once the connection was refused."""
         handshake = AcceptingHandshake(self.peer_secrets, self.cluster_id, self.node_id,
-                                       self.group, CHANNELS, secrets.token_bytes(NONCE_SIZE_BYTES))
+                                       self.group, CHANNELS, secrets.token_bytes(NONCE_SIZE_BYTES),
+                                       WIRE_VERSION)
         decoder = FrameDecoder(PEER_HELLO_FRAME_SIZE_MAX_BYTES)
         assert connection.decoder is not None, "a peer hello arrives through the client decoder"
         decoder.feed(connection.decoder.take_buffered())

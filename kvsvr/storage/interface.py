@@ -55,7 +55,7 @@ class Storage(Protocol):
     def get(self, column_family: str, key: bytes) -> bytes | None: ...
 
     def scan(
-        self, column_family: str, start: bytes, end: bytes | None, limit: int
+        self, column_family: Family, start: bytes, end: bytes | None, limit: int
     ) -> list[tuple[bytes, bytes]]:
         """Up to `limit` records with start <= key < end (end None: no bound), in key order."""
         ...

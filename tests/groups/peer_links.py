@@ -11,6 +11,7 @@ import socket
 from jepsen_tests.nodes import GroupProcesses
 from kvsvr.protocol.peer_auth import NONCE_SIZE_BYTES, ConnectingHandshake, PeerSecrets, cluster_id
 from kvsvr.protocol.wire import FrameDecoder, decode_answer, encode_frame
+from kvsvr.replication.codec import WIRE_VERSION
 from kvsvr.shell.secret_file import read_secret_file
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -24,7 +25,7 @@ def say_hello(link: socket.socket, group: GroupProcesses, target: int, claimed: 
     members = {node_id: (node.host, node.port) for node_id, node in group.nodes.items()}
     handshake = ConnectingHandshake(
         PeerSecrets(read_secret_file(str(group.peer_secret_file))), cluster_id(members), claimed,
-        target, channel, secrets.token_bytes(NONCE_SIZE_BYTES))
+        target, channel, secrets.token_bytes(NONCE_SIZE_BYTES), WIRE_VERSION)
     link.sendall(encode_frame({"id": 1, **handshake.hello()}))
     decoder = FrameDecoder(_HELLO_ANSWER_SIZE_MAX_BYTES)
     while (body := decoder.next_body()) is None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from jepsen_tests.nodes import GroupProcesses
 from kvsvr.client import SyncClient
 from kvsvr.protocol.wire import frame_from_body
-from kvsvr.replication.codec import encode_message
+from kvsvr.replication.codec import encode_message, envelope_body
 from kvsvr.replication.messages import Accept
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "replication"))
@@ -39,10 +39,11 @@ def hostile_target(tmp_path_factory):
 
 
 def send_as_peer(group: GroupProcesses, bodies: list[bytes]) -> None:
-    """Open a link to n1 as n2, send the frames, close it."""
+    """Open a link to n1 as n2, send each body as the one message of an
+    envelope (codec.py), close the link."""
     with open_peer_link(group, target=1, claimed=2) as link:
         try:
-            link.sendall(b"".join(frame_from_body(body) for body in bodies))
+            link.sendall(b"".join(frame_from_body(envelope_body([body])) for body in bodies))
         except OSError:
             pass  # the node dropped the link part way: what the test wants
 

@@ -40,7 +40,7 @@ from kvsvr.protocol.wire import (
     encode_frame,
     frame_from_body,
 )
-from kvsvr.replication.codec import encode_message
+from kvsvr.replication.codec import WIRE_VERSION, encode_message, envelope_body
 from kvsvr.replication.messages import FetchPayload
 from kvsvr.shell.replica_node import PEER_HELLO_FRAME_SIZE_MAX_BYTES, PEER_HELLO_TIMEOUT_SECONDS
 from kvsvr.shell.secret_file import read_secret_file
@@ -67,7 +67,7 @@ def handshake_as(group: GroupProcesses, peer_secrets: PeerSecrets, own_id: int =
                  channel: str = "consensus") -> ConnectingHandshake:
     """A connecting end claiming to be node `own_id`, dialling node 1."""
     return ConnectingHandshake(peer_secrets, cluster_id(members(group)), own_id, 1, channel,
-                               secrets.token_bytes(NONCE_SIZE_BYTES))
+                               secrets.token_bytes(NONCE_SIZE_BYTES), WIRE_VERSION)
 
 
 def group_secrets(group: GroupProcesses) -> PeerSecrets:
@@ -158,7 +158,7 @@ def test_a_member_holding_the_secret_gets_a_link_that_carries_messages(group):
     the same write (as a member's link may), is read as a peer message."""
     with SyncClient(group.nodes[1].address) as client:
         before = client.status()
-        message = frame_from_body(encode_message(FetchPayload(ref=(9, 9, 9, 0))))
+        message = frame_from_body(envelope_body([encode_message(FetchPayload(ref=(9, 9, 9, 0)))]))
         node = group.nodes[1]
         with socket.create_connection((node.host, node.port), timeout=READ_SECONDS) as link:
             link.sendall(say_hello(link, group, target=1, claimed=2, channel="stream") + message)
@@ -202,7 +202,7 @@ async def test_a_proof_made_with_a_wrong_secret_is_refused(group):
     raw, hello, challenge = await challenged_stranger(group)
     async with raw.stream:
         forged = proof(STRANGER_SECRET.current, CONNECTING_LABEL,
-                       transcript(cluster_id(members(group)), 2, 1, "consensus", hello["nonce"],
+                       transcript(cluster_id(members(group)), 2, 1, "consensus", WIRE_VERSION, hello["nonce"],
                                   challenge["nonce"]))
         await raw.send(2, {"op": "peer_proof", "proof": forged})
         assert "the proof of n2 is wrong" in await raw.refusal()

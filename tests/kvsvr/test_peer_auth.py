@@ -30,6 +30,7 @@ from kvsvr.protocol.peer_auth import (
     proof,
     transcript,
 )
+from kvsvr.replication.codec import WIRE_VERSION
 from kvsvr.shell.secret_file import MADE_SECRET_SIZE_BYTES, read_secret_file, write_secret_file
 
 MEMBERS = {1: ("127.0.0.1", 7421), 2: ("127.0.0.2", 7421), 3: ("127.0.0.3", 7421)}
@@ -46,13 +47,15 @@ def nonce(number: int) -> bytes:
 
 def accepting(secrets: PeerSecrets = GROUP_SECRETS, own_id: int = 1,
               number: int = 1000, cluster: bytes = CLUSTER) -> AcceptingHandshake:
-    return AcceptingHandshake(secrets, cluster, own_id, MEMBERS, CHANNELS, nonce(number))
+    return AcceptingHandshake(secrets, cluster, own_id, MEMBERS, CHANNELS, nonce(number),
+                              WIRE_VERSION)
 
 
 def connecting(secrets: PeerSecrets = GROUP_SECRETS, own_id: int = 2, peer_id: int = 1,
                channel: str = "consensus", number: int = 2000,
                cluster: bytes = CLUSTER) -> ConnectingHandshake:
-    return ConnectingHandshake(secrets, cluster, own_id, peer_id, channel, nonce(number))
+    return ConnectingHandshake(secrets, cluster, own_id, peer_id, channel, nonce(number),
+                               WIRE_VERSION)
 
 
 def run_handshake(server: AcceptingHandshake, client: ConnectingHandshake) -> int:
@@ -113,7 +116,8 @@ def test_a_proof_made_with_a_wrong_secret_is_refused():
     hello = {**connecting(PeerSecrets(OTHER_SECRET)).hello(), "keys": [key_id(SECRET)]}
     challenge = server.on_hello(hello)
     forged = proof(OTHER_SECRET, CONNECTING_LABEL,
-                   transcript(CLUSTER, 2, 1, "consensus", hello["nonce"], challenge["nonce"]))
+                   transcript(CLUSTER, 2, 1, "consensus", WIRE_VERSION, hello["nonce"],
+                              challenge["nonce"]))
     with pytest.raises(HelloRefused, match="proof of n2 is wrong"):
         server.on_proof({"op": "peer_proof", "proof": forged})
 
@@ -236,9 +240,10 @@ def test_nodes_with_no_secret_in_common_do_not_authenticate():
 def test_the_transcript_is_unambiguous():
     """Length prefixes: moving bytes from one field to the next changes the transcript,
     so two different hellos never share a proof."""
-    base = transcript(CLUSTER, 12, 3, "stream", nonce(1), nonce(2))
-    assert base != transcript(CLUSTER, 1, 23, "stream", nonce(1), nonce(2))
-    assert base != transcript(CLUSTER, 12, 3, "stream", nonce(2), nonce(1))
+    base = transcript(CLUSTER, 12, 3, "stream", 2, nonce(1), nonce(2))
+    assert base != transcript(CLUSTER, 1, 23, "stream", 2, nonce(1), nonce(2))
+    assert base != transcript(CLUSTER, 12, 3, "stream", 2, nonce(2), nonce(1))
+    assert base != transcript(CLUSTER, 12, 3, "stream", 3, nonce(1), nonce(2))
     assert proof(SECRET, ACCEPTING_LABEL, base) != proof(SECRET, CONNECTING_LABEL, base)
 
 

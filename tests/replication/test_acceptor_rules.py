@@ -12,27 +12,32 @@ import random
 import cbor2
 import crc32c
 import pytest
+from replication_test_support import AT_ONCE
 
 from kvsvr.replication.messages import (
+    LOG_START,
     Accept,
     Accepted,
     Commit,
     FetchPayload,
     Instance,
+    PayloadRecord,
     PayloadReply,
     Prepare,
     Promise,
+    StreamRecords,
     Vote,
 )
-from kvsvr.replication.replica import PeerInputError, Replica
+from kvsvr.replication.options import DEFAULT_OPTIONS
+from kvsvr.replication.replica import PeerInputError, Replica, ReplicaOptions
 from kvsvr.storage import MemoryStorage
 
 KEY = b"k"
 
 
-def started_acceptor(node_id: int = 1) -> Replica:
+def started_acceptor(node_id: int = 1, options: ReplicaOptions = AT_ONCE) -> Replica:
     storage = MemoryStorage()
-    replica = Replica(node_id, (1, 2, 3), storage, random.Random(0))
+    replica = Replica(node_id, (1, 2, 3), storage, random.Random(0), options)
     replica.start()
     storage.sync()
     return replica
@@ -84,7 +89,7 @@ def test_acceptor_promise_reports_chosen_accepted_and_the_accepted_payload():
 def test_acceptor_accepts_only_the_version_after_the_decided_one_it_carries():
     """An acceptor behind records prev_decision as pending and accepts v before
     it has applied v-1 (consensus is on the mutation, not the state)."""
-    replica = started_acceptor()
+    replica = started_acceptor(options=DEFAULT_OPTIONS)
     first_payload, second_payload = payload_of(b"a"), payload_of(b"b")
     first = Instance(1, 1, ref_for(2, 1, first_payload))
     second = Instance(2, 1, ref_for(2, 2, second_payload))
@@ -95,7 +100,29 @@ def test_acceptor_accepts_only_the_version_after_the_decided_one_it_carries():
     consensus = replica.consensus_snapshot(KEY)
     assert consensus.chosen == first and consensus.pending == {1: first}
     assert replica.keyspace.key_state(KEY).version == 0  # not applied: v1's payload is missing
-    assert any(isinstance(message, FetchPayload) for _, message in effects.messages)
+    # v1's payload is most likely on its origin's stream: it is asked for
+    # only once that had its grace.
+    assert not any(isinstance(message, FetchPayload) for _, message in effects.messages)
+    fetches = []
+    for _ in range(DEFAULT_OPTIONS.payload_fetch_grace_ticks + 1):
+        fetches += [message for _, message in replica.tick().messages
+                    if isinstance(message, FetchPayload)]
+    assert fetches == [FetchPayload(first.ref)]
+
+
+def test_a_payload_that_arrives_on_the_stream_in_its_grace_is_never_fetched():
+    replica = started_acceptor(options=DEFAULT_OPTIONS)
+    payload = payload_of(b"a")
+    instance = Instance(1, 1, ref_for(2, 1, payload))
+    effects = replica.step(2, Accept(KEY, (1, 1, 2), instance, None))
+    assert answers(effects, Accepted) == []  # parked until its payload is here
+    record = PayloadRecord(instance.ref, KEY, payload)
+    effects = replica.step(2, StreamRecords(LOG_START, (((1, 1), record),)))
+    assert answers(effects, Accepted)[0].outcome == "accepted"
+    sent = []
+    for _ in range(DEFAULT_OPTIONS.payload_fetch_grace_ticks + DEFAULT_OPTIONS.fetch_retry_ticks):
+        sent += [message for _, message in replica.tick().messages]
+    assert not any(isinstance(message, FetchPayload) for message in sent)
 
 
 def test_acceptor_answers_already_chosen_with_the_ref_decided_at_that_version():

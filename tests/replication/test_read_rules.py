@@ -7,7 +7,9 @@ c, and answers from the local state once it has applied the result.
 
 from __future__ import annotations
 
-from replication_test_support import Group, between, none_of, not_, of_type
+import dataclasses
+
+from replication_test_support import AT_ONCE, Group, between, none_of, not_, of_type
 
 from kvsvr.replication.messages import (
     Accept,
@@ -18,7 +20,6 @@ from kvsvr.replication.messages import (
     StreamAck,
     StreamRecords,
 )
-from kvsvr.replication.replica import ReplicaOptions
 
 KEY = b"k"
 STREAM = of_type(StreamRecords, StreamAck)
@@ -62,7 +63,7 @@ def test_r10_read_waits_until_the_local_replica_applied_the_decided_version():
 def test_r10_read_with_an_instance_in_flight_recovers_it_rather_than_burn_a_version():
     """Votes above c that are not a majority: retry, then run recovery, which
     re-proposes that value (never a no-op)."""
-    options = ReplicaOptions(read_retries_before_recovery=1)
+    options = dataclasses.replace(AT_ONCE, read_retries_before_recovery=1)
     group = Group(options=options)
     group.put(1, KEY, b"open")
     group.deliver(not_(of_type(Accept)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 import pytest
 
 from jepsen_tests.simulator import (
@@ -94,7 +95,7 @@ class _SimulationWithABadPeer(Simulation):
     def _send(self, source, destination, message):
         if isinstance(message, Accept) and source != destination and not self.corrupted:
             self.corrupted = True
-            message = dataclasses.replace(message, ballot=None)
+            message = msgspec.structs.replace(message, ballot=None)
         super()._send(source, destination, message)
 
 
