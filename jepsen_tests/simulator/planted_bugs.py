@@ -40,6 +40,7 @@ PLANTED_BUGS = [
     ("bug_promise_not_synced", "replies after sync", 3, "a promise it revealed was forgotten"),
     ("bug_skip_promise_check", "Accept below the promise", 3, "two instances chosen"),
     ("bug_reply_before_sync", "replies after sync", 3, "it revealed was forgotten"),
+    ("bug_vote_sent_early", "only requests leave early", 3, "it revealed was forgotten"),
     ("bug_read_without_quorum", "linearizable reads", 3, "not linearizable"),
 ]
 

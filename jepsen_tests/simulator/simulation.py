@@ -7,9 +7,11 @@ the invariant oracle (oracle.py) are parts it drives, all drawing from the
 run's one seeded random and reading the one clock:
 
 - storage: a crash keeps a random prefix of the unsynced write batches,
-  never a random subset. In *group commit* runs a node syncs once per
-  tick, for every step of that tick, and a step's messages wait for that
-  sync, in step order (the rule in messages.Effects);
+  never a random subset. A step's early messages (messages.EARLY_MESSAGES)
+  leave before its sync, so a node often crashes after sending them and
+  before the sync. In *group commit* runs a node syncs once per tick, for
+  every step of that tick, and a step's other messages wait for that sync,
+  in step order (the rule in messages.Effects);
 - crashes: a node crashes at a random moment, between its unsynced writes
   and the sync, or midway through sending a step's messages, and at
   protocol moments the replicas report: right after granting a Prepare,
@@ -200,12 +202,20 @@ class Simulation:
         )
 
     def _carry_out(self, node: _Node, effects: Effects) -> None:
-        """Obey the effects order: sync, then messages, then replies.
+        """Obey the effects order: early messages, sync, then the other
+        messages, then replies.
 
-        With group commit, a step's effects wait for the node's next sync
-        (once per tick) if they need one, or if an earlier step's effects
-        are still waiting: messages leave in step order.
+        A step that must wait for a sync sends its early messages at once;
+        the node may then crash before the sync. With group commit, a
+        step's late effects wait for the node's next sync (once per tick) if
+        they need one, or if an earlier step's effects are still waiting:
+        late messages leave in step order.
         """
+        if effects.sync or (self.group_commit and node.waiting):
+            early, effects = effects.split()
+            if node.crash_at_release != "before":  # that crash takes every message
+                for destination, message in early:
+                    self._send(node.node_id, destination, message)
         if self.group_commit and (effects.sync or node.waiting):
             node.waiting.append(effects)
             return
@@ -269,7 +279,7 @@ class Simulation:
     # -- messages ----------------------------------------------------------------
 
     def _send(self, source: int, destination: int, message) -> None:
-        # It left after its step's sync: what it reveals is durable.
+        # A late message left after its step's sync: what it reveals is durable.
         self.oracle.message_sent(source, message)
         self.network.send(source, destination, message)
 

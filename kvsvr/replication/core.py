@@ -38,7 +38,14 @@ import crc32c
 from kvsvr.core import keyspace, model, records
 from kvsvr.protocol.limits import Limits
 from kvsvr.replication import durable
-from kvsvr.replication.messages import Effects, Instance, Message, Vote
+from kvsvr.replication.messages import (
+    EARLY_MESSAGES,
+    Accepted,
+    Effects,
+    Instance,
+    Message,
+    Vote,
+)
 from kvsvr.replication.options import ReplicaOptions
 from kvsvr.replication.step_writes import StepWrites
 from kvsvr.storage import Family
@@ -105,6 +112,8 @@ class ReplicaCore:
         effects, self._effects = self._effects, Effects()
         if self.options.bug_reply_before_sync:
             effects.sync = False  # planted bug: messages may leave before the sync
+        if self.options.bug_vote_sent_early:
+            effects.early = EARLY_MESSAGES | {Accepted}  # planted bug: a vote leaves unsynced
         return effects
 
     def _write(self, writes) -> None:

@@ -265,33 +265,56 @@ Message = (
 
 STREAM_MESSAGES = (StreamRecords, StreamAck, StreamTrimmed)
 
+# Messages that vouch for nothing durable on their sender, so they may leave
+# before the sync of the step that made them: requests (Prepare, Accept,
+# Read, the fetches), decisions (Commit: a majority's synced votes made it),
+# and the sender's own log records (StreamRecords: a receiver acks only
+# what it synced itself, and a record lost in the sender's crash names a
+# position its next incarnation never reuses, R1). Everything else (Promise,
+# Accepted, ReadReply, PayloadReply, StateReply, DecisionsReply, StreamAck,
+# StreamTrimmed) reports the sender's state and waits for it to be synced.
+EARLY_MESSAGES = frozenset(
+    (Prepare, Accept, Commit, Read, FetchPayload, FetchState, FetchDecisions, StreamRecords)
+)
+
 
 @dataclasses.dataclass
 class Effects:
     """What one step of a replica asks of its shell, in this order:
 
+    0. the messages of a class in `early` may be sent at once;
     1. `sync`: the replica wrote records to storage during the step (unsynced
        writes, which reads see at once); sync them, with every earlier write;
-    2. then `messages`: send each (destination node id, message);
+    2. then the other `messages`: send each (destination node id, message);
     3. then `replies`: answer each (client request id, result map or KvError).
 
     Nothing in 2 or 3 may leave before 1 is done: a Promise or Accepted is a
     promise about durable state, and a client reply acknowledges a durable
     write. The shell and the simulator obey this in one place each; several
-    steps may share one sync (group commit) as long as none of their
+    steps may share one sync (group commit) as long as none of their late
     messages leaves before it.
 
-    Messages leave in step order: a step's messages never overtake those of
-    an earlier step still waiting for its sync, even when this step wrote
+    Late messages leave in step order: they never overtake those of an
+    earlier step still waiting for its sync, even when this step wrote
     nothing (`sync` False). A step may vouch for state an earlier step wrote:
     a resent Prepare is granted again without a write, a ReadReply reports
     the vote an earlier Accept stored, a periodic StreamAck names a cursor
-    an earlier batch wrote. In order, they wait for that sync too.
+    an earlier batch wrote. In order, they wait for that sync too. Early
+    messages overtake them; the protocol never relies on the order of two
+    messages (the network may reorder anything).
     """
 
     sync: bool = False
     messages: list[tuple[int, Message]] = dataclasses.field(default_factory=list)
     replies: list[tuple[int, Any]] = dataclasses.field(default_factory=list)
+    early: frozenset = EARLY_MESSAGES  # the classes that may leave before the sync
 
     def __bool__(self) -> bool:
         return bool(self.sync or self.messages or self.replies)
+
+    def split(self) -> tuple[list[tuple[int, Message]], Effects]:
+        """(the messages that may leave now, what must wait for the sync), in order."""
+        early, late = [], []
+        for sent in self.messages:
+            (early if type(sent[1]) in self.early else late).append(sent)
+        return early, Effects(self.sync, late, self.replies, self.early)

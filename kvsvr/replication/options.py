@@ -101,6 +101,7 @@ class ReplicaOptions:
     bug_promise_not_synced: bool = False  # a Promise leaves before its promise is synced
     bug_skip_promise_check: bool = False  # an Accept below the promise is accepted
     bug_reply_before_sync: bool = False  # no reply waits for its sync
+    bug_vote_sent_early: bool = False  # an Accepted counts as a message that may leave early
     bug_read_without_quorum: bool = False  # reads answered from the local store
 
 

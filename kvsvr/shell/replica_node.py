@@ -28,10 +28,12 @@ bytes, keeps time and syncs. It runs:
   StreamRecords per peer carries everything the burst appended;
 - the committer, the one place the effects order is obeyed. A step's
   writes went to storage unsynced during the step; while any write is
-  unsynced or a sync is running, every step's messages and replies are
-  held, and the committer syncs once (off the event loop) for all the
-  steps gathered, then releases what they held, in order. When nothing is
-  unsynced, a step's messages leave at once.
+  unsynced or a sync is running, every step's replies and late messages
+  are held, and the committer syncs once (off the event loop) for all the
+  steps gathered, then releases what they held, in order. Early messages
+  (messages.EARLY_MESSAGES: requests, decisions, our own log records)
+  leave at once, so the peers' work runs alongside our sync. When nothing
+  is unsynced, a step's messages leave at once.
 
 A failed sync raises out of the committer and stops the node.
 """
@@ -369,9 +371,12 @@ class ReplicaNode(FrameServer):
         if effects.sync:
             self._unsynced = True
         if self._unsynced or self._sync_running or self._held:
+            early, effects = effects.split()
             if effects.messages or effects.replies or effects.sync:
                 self._held.append(effects)
                 self._commit_wakeup.set()
+            self._send_messages(early)  # they vouch for nothing the sync makes durable
+            self._deliver_locally()
             return
         self._dispatch(effects)
 
@@ -396,12 +401,15 @@ class ReplicaNode(FrameServer):
             if self._held or self._unsynced:
                 self._commit_wakeup.set()
 
-    def _dispatch(self, effects: Effects) -> None:
-        for destination, message in effects.messages:
+    def _send_messages(self, messages: list[tuple[int, Message]]) -> None:
+        for destination, message in messages:
             if destination == self.node_id:
                 self._local_inbox.append(message)
             else:
                 self._links[(destination, channel_of(message))].send(message)
+
+    def _dispatch(self, effects: Effects) -> None:
+        self._send_messages(effects.messages)
         for call_id, answer in effects.replies:
             caller = self._calls.pop(call_id, None)
             if caller is None:
