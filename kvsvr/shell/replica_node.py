@@ -299,6 +299,7 @@ class ReplicaNode(FrameServer):
         self.peer_hello_timeout_seconds = peer_hello_timeout_seconds
         self.peer_hellos_accepted = 0
         self.peer_hellos_refused = 0
+        self.peer_hellos_broken = 0  # the other end left before the hello ended
         self.tick_seconds = tick_seconds
         rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(64))
         options = dataclasses.replace(options or ReplicaOptions(), stream_pump_each_step=False)
@@ -488,6 +489,7 @@ class ReplicaNode(FrameServer):
             "peer_links_dropped": self.peer_links_dropped,
             "peer_hellos_accepted": self.peer_hellos_accepted,
             "peer_hellos_refused": self.peer_hellos_refused,
+            "peer_hellos_broken": self.peer_hellos_broken,
             "calls_in_flight": len(self._calls),
             "reachable_members": self.reachable_members(),
             # Writes this node coordinated and answered success, by path.
@@ -560,14 +562,19 @@ class ReplicaNode(FrameServer):
                 await stream.send_all(answer_frame(hello["id"], challenge))
                 body = await receive_body(stream, decoder, self.limits.receive_size_max_bytes)
                 if body is None:
-                    raise HelloRefused("the connection closed before the proof")
+                    raise trio.BrokenResourceError("closed before the proof")
                 source = handshake.on_proof(decode_body(body))
             except HelloRefused as error:
                 refusal = error.reason
             except KvError as error:  # an oversized, broken or undecodable frame
                 refusal = error.message
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                refusal = f"the connection broke ({error})"
+                # The other end went away mid-hello (a peer restarting, or
+                # someone knocking and leaving): nothing was refused.
+                self.peer_hellos_broken += 1
+                log.info("a peer hello from %s (claiming n%s) ended: the connection broke (%s)",
+                         _remote_address(stream), quoted(hello.get("from")), error)
+                return None
             else:
                 self.peer_hellos_accepted += 1
                 log.info("peer link from n%d (%s) authenticated", source, handshake.channel)
