@@ -2,6 +2,7 @@
 
     python bench/etcd_compare.py                 # 20 s per workload, a table
     python bench/etcd_compare.py --seconds 5 --json
+    python bench/etcd_compare.py --concurrency 1 --workloads put,get
 
 Theory. Both systems run on loopback, one after the other and never at the
 same time: a 3-member etcd cluster (Debian's `etcd-server`, member i on
@@ -19,7 +20,13 @@ uses the connection to member i % 3, so every member takes requests:
 
 - `put`: a durable write (etcd syncs its WAL, KVSvr syncs before a reply);
 - `get`: a linearizable read (etcd's default Range, serializable=False;
-  KVSvr's default get, a quorum read).
+  KVSvr's default get, a quorum read);
+- `mixed`: each operation a get or a put, half and half.
+
+`--concurrency 1` measures one request at a time (latency, not throughput).
+After each KVSvr workload the nodes' own counters (status: peer messages
+and envelopes sent, syncs, storage records and batches written) are given
+per operation, summed over the group.
 
 etcd is driven through its asyncio client `aetcd` under asyncio; KVSvr
 through `kvsvr.client.Client` under trio, with the loop of `cli/bench.py`.
@@ -67,7 +74,9 @@ from cli import bench as kvctl_bench  # noqa: E402
 from jepsen_tests.nodes import GroupProcesses  # noqa: E402
 from kvsvr.client import Client  # noqa: E402
 
-WORKLOADS = ("put", "get")
+WORKLOADS = ("put", "get", "mixed")
+# mixed: each operation a get with this chance, else a put (kvctl bench's default).
+MIXED_READ_FRACTION = 0.5
 MEMBERS = 3
 HOSTS = tuple(f"127.0.0.{index}" for index in range(1, MEMBERS + 1))
 EXIT_FAILED = 1
@@ -323,7 +332,9 @@ async def run_etcd(cluster: EtcdCluster, options: argparse.Namespace) -> dict:
             async def operation(task_index: int, rng: random.Random, workload=workload) -> None:
                 client = clients[task_index % len(clients)]
                 key = keys[rng.randrange(len(keys))]
-                if workload == "put":
+                if workload == "put" or (
+                    workload == "mixed" and rng.random() >= MIXED_READ_FRACTION
+                ):
                     await client.put(key, value)
                 elif await client.get(key) is None:  # linearizable: serializable=False
                     raise AssertionError(f"preloaded key {key!r} has no value")
@@ -371,7 +382,7 @@ async def run_kvsvr(group: GroupProcesses, options: argparse.Namespace) -> dict:
             plan = kvctl_bench.Workload(
                 name=workload, concurrency=options.concurrency,
                 value_size_bytes=options.value_size, key_count=options.keys,
-                duration_seconds=options.seconds,
+                duration_seconds=options.seconds, read_fraction=MIXED_READ_FRACTION,
             )
             operation = kvctl_bench.workload_operation(client, plan, keys, value)
             measurement = Measurement()

@@ -9,7 +9,7 @@ position lost with an unsynced tail is never reused.
 
 Sending. For each peer the origin remembers the peer's acknowledged
 position (unknown until the peer acks after our start) and what it has
-sent beyond it. `_pump_streams`, run at the end of every step (or when the shell asks), sends the
+sent beyond it. `pump_streams`, run at the end of every step (or when the shell asks), sends the
 records after what was sent, in batches of `stream_batch_records_max`
 records and `stream_batch_max_bytes` (a larger record goes alone), while no more than `stream_window_records` are unacknowledged. If the ack
 does not move for `stream_retransmit_ticks`, sending starts again from the
@@ -21,7 +21,7 @@ goes back. Otherwise it stores each record past its cursor idempotently
 (payloads checked against their crc32c; a corrupt one stops the batch
 there, unacked: invariant 5), writes the cursor after them (a crash keeps
 a prefix of the writes, so a surviving cursor means surviving records),
-and acks the cursor: at once once `stream_ack_records_max` records from
+and acks the cursor: at once when `stream_ack_records_max` records from
 that origin are unacked, otherwise at its next tick, so a busy stream
 costs one ack per tick or per that many records, not one per batch. The
 ack is a message, so it leaves only after the sync: acks are cumulative
