@@ -38,6 +38,7 @@ from kvsvr.client import Client
 from kvsvr.protocol.errors import KvError
 from kvsvr.protocol.limits import DEFAULT_LIMITS
 from kvsvr.protocol.wire import REQUEST_ID_MAX, FrameDecoder, decode_body, encode_frame
+from kvsvr.shell.outgoing import Outgoing
 
 WORKLOADS = ("put", "get", "mixed")
 KEY_PREFIX = b"bench/"
@@ -379,9 +380,8 @@ class EchoLink:
         self.stream = stream
         self._next_id = 1
         self._waiting: dict[int, trio.Event] = {}
-        self._outgoing = bytearray()
-        self._outgoing_ready = trio.Event()
-        nursery.start_soon(self._send_forever)
+        self._outgoing = Outgoing()
+        nursery.start_soon(self._outgoing.send_forever, stream)
         nursery.start_soon(self._receive_forever)
 
     async def round_trip(self, body: dict) -> None:
@@ -389,18 +389,8 @@ class EchoLink:
         self._next_id = 1 if request_id == REQUEST_ID_MAX else request_id + 1
         answered = trio.Event()
         self._waiting[request_id] = answered
-        self._outgoing += encode_frame({**body, "id": request_id})
-        self._outgoing_ready.set()
+        self._outgoing.add(encode_frame({**body, "id": request_id}))
         await answered.wait()
-
-    async def _send_forever(self) -> None:
-        while True:
-            if not self._outgoing:
-                self._outgoing_ready = trio.Event()
-                await self._outgoing_ready.wait()
-            data = bytes(self._outgoing)
-            self._outgoing.clear()
-            await self.stream.send_all(data)
 
     async def _receive_forever(self) -> None:
         decoder = FrameDecoder(DEFAULT_LIMITS.frame_size_max_bytes)

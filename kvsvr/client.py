@@ -54,6 +54,7 @@ from kvsvr.protocol.wire import (
     decode_answer,
     encode_frame,
 )
+from kvsvr.shell.outgoing import Outgoing
 from kvsvr.shell.tls import client_context, connect_tls
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -105,8 +106,7 @@ class _Link:
         self.broken: KvError | None = None
         self._next_id = 1
         self._waiting: dict[int, list] = {}  # id -> [event, answer]
-        self._outgoing = bytearray()
-        self._outgoing_ready = trio.Event()
+        self._outgoing = Outgoing()
         nursery.start_soon(self._send_forever)
         nursery.start_soon(self._receive_forever)
 
@@ -116,8 +116,7 @@ class _Link:
         request_id = self._next_id
         self._next_id = 1 if request_id == REQUEST_ID_MAX else request_id + 1
         body["id"] = request_id
-        self._outgoing += encode_frame(body)
-        self._outgoing_ready.set()
+        self._outgoing.add(encode_frame(body))
         slot = [trio.Event(), None]
         self._waiting[request_id] = slot
         with trio.move_on_at(deadline):
@@ -133,13 +132,7 @@ class _Link:
 
     async def _send_forever(self) -> None:
         try:
-            while True:
-                if not self._outgoing:
-                    self._outgoing_ready = trio.Event()
-                    await self._outgoing_ready.wait()
-                data = bytes(self._outgoing)
-                self._outgoing.clear()
-                await self.stream.send_all(data)
+            await self._outgoing.send_forever(self.stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             self._fail(f"send failed: {error}")
 

@@ -47,6 +47,7 @@ from kvsvr.protocol.addresses import format_address
 from kvsvr.protocol.errors import BadRequest, KvError, Overloaded
 from kvsvr.protocol.limits import DEFAULT_LIMITS, Limits
 from kvsvr.protocol.wire import FrameDecoder, FrameError, answer_frame, decode_body, error_frame
+from kvsvr.shell.outgoing import Outgoing
 from kvsvr.shell.tls import TLS_HANDSHAKE_TIMEOUT_SECONDS, accept_tls
 from kvsvr.storage import Storage
 
@@ -58,18 +59,16 @@ class _Connection:
 
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
-        self.outgoing = bytearray()
+        self.outgoing = Outgoing()
         self.requests_in_flight = 0
         self.closed = False
         self.receiving_done = False
         self.decoder: FrameDecoder | None = None  # kept for a peer takeover
-        self._outgoing_ready = trio.Event()
         self._room_for_requests = trio.Event()
 
     def queue(self, frame: bytes) -> None:
         if not self.closed:
-            self.outgoing += frame
-            self._outgoing_ready.set()
+            self.outgoing.add(frame)
 
     def answer_waited(self, frame: bytes) -> None:
         """Queue the answer of a request that waited for a commit."""
@@ -89,7 +88,7 @@ class _Connection:
 
     def finish_receiving(self) -> None:
         self.receiving_done = True
-        self._outgoing_ready.set()
+        self.outgoing.wake()
 
     async def send_until_done(self) -> None:
         """Send queued answers; return once the client stopped sending and is owed nothing."""
@@ -97,11 +96,9 @@ class _Connection:
             if not self.outgoing:
                 if self.receiving_done and self.requests_in_flight == 0:
                     return
-                self._outgoing_ready = trio.Event()
-                await self._outgoing_ready.wait()
+                await self.outgoing.wait()
                 continue
-            data = bytes(self.outgoing)
-            self.outgoing.clear()
+            data = self.outgoing.take()
             self._room_for_requests.set()
             await self.stream.send_all(data)
 
