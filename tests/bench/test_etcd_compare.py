@@ -55,13 +55,16 @@ def test_a_short_run_reports_both_systems_as_json():
     result = run_script("--seconds", "2", "--keys", "50", "--concurrency", "4", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["parameters"]["workloads"] == ["put", "get"]
+    assert report["parameters"]["workloads"] == ["put", "get", "mixed"]
     for system in ("etcd", "kvsvr"):
-        for workload in ("put", "get"):
+        for workload in ("put", "get", "mixed"):
             figures = report[system][workload]
             assert figures["ops_per_second"] > 0, (system, workload, figures)
             assert figures["errors"] == {}, (system, workload, figures)
             assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
             assert figures["server_cpu_us_per_op"] >= 0
-    for workload in ("put", "get"):
+    for workload in ("put", "get", "mixed"):
         assert report["ratios"][workload]["ops_per_second"] > 0
+    # The nodes' own counters, per operation: a put sends peer messages and syncs.
+    assert report["kvsvr"]["put"]["per_op"]["peer_messages_sent"] > 0
+    assert report["kvsvr"]["put"]["per_op"]["syncs"] > 0
