@@ -41,6 +41,7 @@ PLANTED_BUGS = [
     ("bug_skip_promise_check", "Accept below the promise", 3, "two instances chosen"),
     ("bug_reply_before_sync", "replies after sync", 3, "it revealed was forgotten"),
     ("bug_vote_sent_early", "only requests leave early", 3, "it revealed was forgotten"),
+    ("bug_vote_lazily_durable", "only knowledge is lazily durable", 3, "it revealed was forgotten"),
     ("bug_read_without_quorum", "linearizable reads", 3, "not linearizable"),
 ]
 

@@ -164,7 +164,7 @@ class Acceptor(Part):
         if ballot > consensus.promised:
             consensus.promised = ballot
         consensus.accepted = Vote(ballot, instance)
-        self._save(key)
+        self._save(key, sync=not self.options.bug_vote_lazily_durable)
         self.observer(events.Voted(self.node_id, key, ballot, instance))
         answer(AcceptOutcome.ACCEPTED)
 
@@ -211,7 +211,9 @@ class Acceptor(Part):
             changed = True
         remember_decision(consensus, instance)
         if changed:
-            self._save(key)
+            # Lazily durable: the decision is a chosen fact a majority's synced
+            # votes can rebuild; losing it in a crash loses only knowledge.
+            self._save(key, sync=False)
         self.proposer.settle_proposed(key, instance)
         self.advance(key)
 
@@ -248,12 +250,12 @@ class Acceptor(Part):
                     writes.append((Family.KEYS, key, None))
                 state = applied.state
             del consensus.pending[instance.first_version]
-            self._write(writes)
+            self._write(writes, sync=False)  # lazily durable, like the decision it applies
             if self.observer is not ignore_event:
                 self.observer(events.Applied(self.node_id, key, state.version, state_digest(self, key)))
             progressed = True
         if progressed:
-            self._save(key)
+            self._save(key, sync=False)
         if consensus.chosen_version > state.version:
             self.catching_up.add(key)
             if consensus.pending.get(state.version + 1) is None:

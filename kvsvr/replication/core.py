@@ -13,7 +13,8 @@ module that owns its state and opens with its own theory:
 
 Every part is a `Part` over one `ReplicaCore`, which holds what they share
 and the only three ways a step acts on the world: `_write` (to storage,
-unsynced, as one batch per step; the step then asks its shell for a sync),
+unsynced, as one batch per step; the step then asks its shell for a sync,
+unless what it wrote is only lazily durable, see `_write`),
 `_send` (a message, which leaves after that sync) and `_reply` (a client
 answer, last). `_take_effects` hands them to the shell as one `Effects`.
 A part calls another only through that part's public methods, reached as
@@ -116,10 +117,21 @@ class ReplicaCore:
             effects.early = EARLY_MESSAGES | {Accepted}  # planted bug: a vote leaves unsynced
         return effects
 
-    def _write(self, writes) -> None:
+    def _write(self, writes, *, sync: bool = True) -> None:
+        """Write at once, unsynced. With `sync`, nothing of the step but its
+        early messages leaves before the writes are durable. Without it the
+        writes are *lazily durable*: made durable by the next sync whoever
+        asks for it, and nothing this step sends vouches for them (the
+        classes allowed are in docs/replication.md, "Lazily durable")."""
         if writes:
             self.storage.write(writes, sync=False)
-            self._effects.sync = True
+            if sync:
+                self._effects.sync = True
+
+    def _sync_first(self) -> None:
+        """This step's late messages vouch for earlier writes that may be
+        lazily durable (a stream ack names a cursor): sync before they leave."""
+        self._effects.sync = True
 
     def _send(self, destination: int, message: Message) -> None:
         self._effects.messages.append((destination, message))
@@ -152,7 +164,9 @@ class ReplicaCore:
 
     def _save(self, key: bytes, *, sync: bool = True) -> None:
         """Write key's record at the end of the step; with `sync`, nothing of
-        the step leaves before it is durable (sync=False only for a planted bug)."""
+        the step but its early messages leaves before it is durable. Without
+        it the record is lazily durable (`_write`): only for a change that
+        adds a decision or an applied version, never a promise or a vote."""
         self._unsaved_keys[key] = None
         if sync:
             self._effects.sync = True
@@ -188,6 +202,7 @@ class Part:
         self.limits = core.limits
         self.observer = core.observer
         self._write = core._write
+        self._sync_first = core._sync_first
         self._send = core._send
         self._broadcast = core._broadcast
         self._reply = core._reply

@@ -24,8 +24,9 @@ a prefix of the writes, so a surviving cursor means surviving records),
 and acks the cursor: at once when `stream_ack_records_max` records from
 that origin are unacked, otherwise at its next tick, so a busy stream
 costs one ack per tick or per that many records, not one per batch. The
-ack is a message, so it leaves only after the sync: acks are cumulative
-and only ever name synced records. Every
+records and the cursor are lazily durable (core._write); the step that
+acks asks for a sync, and the ack is a late message, so acks are
+cumulative and only ever name synced records. Every
 `stream_ack_interval_ticks` a receiver acks each origin anyway: that is how
 a restarted origin learns where each peer stands.
 
@@ -150,8 +151,11 @@ class LogStream(Part):
         )
         self._log_last = position
         self._log_record_count += 1
+        # Lazily durable: the own vote for a payload syncs first, and a record
+        # lost with an unsynced tail is never named again (R1).
         self._write(
-            [(Family.LOG, durable.position_key(position), durable.log_record_to_bytes(record))]
+            [(Family.LOG, durable.position_key(position), durable.log_record_to_bytes(record))],
+            sync=False,
         )
         self._log_tail_positions.append(position)
         self._log_tail_records.append(record)
@@ -204,7 +208,7 @@ class LogStream(Part):
         self._log_record_count -= sum(1 for write in writes if write[0] == Family.LOG)
         self._log_trimmed_through = trimmed_through
         writes.append((Family.META, durable.LOG_TRIMMED_KEY, encode_value(list(trimmed_through))))
-        self._write(writes)
+        self._write(writes, sync=False)  # one batch: lost together, the records come back too
         self.observer(events.LogTrimmed(self.node_id, trimmed_through))
 
     # -- sending -----------------------------------------------------------------
@@ -264,6 +268,7 @@ class LogStream(Part):
         self._ack(source)
 
     def _ack(self, origin: int) -> None:
+        self._sync_first()  # R11: the cursor it names, and the records below it, are synced
         self._send(origin, StreamAck(self._cursors.get(origin, LOG_START)))
         self._last_ack_tick[origin] = self.now
         self._unacked_records[origin] = 0
@@ -271,7 +276,7 @@ class LogStream(Part):
     def on_stream_records(self, source: int, message: StreamRecords) -> None:
         cursor = self._cursors.get(source, LOG_START)
         if message.after > cursor:
-            self._send(source, StreamAck(cursor))  # a gap: resend from our cursor
+            self._ack(source)  # a gap: resend from our cursor
             return
         touched_refs = []
         for position, record in message.records:
@@ -286,7 +291,10 @@ class LogStream(Part):
                     self.acceptor.learn_decision(key, instance)
             cursor = position
         self._cursors[source] = cursor
-        self._write([(Family.CURSORS, durable.origin_key(source), encode_value(list(cursor)))])
+        # Lazily durable, like the records before it: the ack syncs first.
+        self._write(
+            [(Family.CURSORS, durable.origin_key(source), encode_value(list(cursor)))], sync=False
+        )
         unacked = self._unacked_records.get(source, 0) + len(message.records)
         if unacked >= self.options.stream_ack_records_max:
             self._ack(source)

@@ -283,8 +283,10 @@ class Effects:
     """What one step of a replica asks of its shell, in this order:
 
     0. the messages of a class in `early` may be sent at once;
-    1. `sync`: the replica wrote records to storage during the step (unsynced
-       writes, which reads see at once); sync them, with every earlier write;
+    1. `sync`: the step's late messages vouch for records written unsynced
+       (by this step or an earlier one, which reads see at once); sync
+       them, with every earlier write. A step that wrote only lazily
+       durable records (core._write) asks for none: they ride the next sync;
     2. then the other `messages`: send each (destination node id, message);
     3. then `replies`: answer each (client request id, result map or KvError).
 

@@ -102,6 +102,7 @@ class ReplicaOptions:
     bug_skip_promise_check: bool = False  # an Accept below the promise is accepted
     bug_reply_before_sync: bool = False  # no reply waits for its sync
     bug_vote_sent_early: bool = False  # an Accepted counts as a message that may leave early
+    bug_vote_lazily_durable: bool = False  # a vote written as lazily durable as a decision
     bug_read_without_quorum: bool = False  # reads answered from the local store
 
 

@@ -95,7 +95,10 @@ class PayloadStore(Part):
             return False
         self.observer(events.PayloadSeen(ref, payload))
         if self.payload_entry(ref) is None:
-            self._write([(Family.PAYLOADS, durable.ref_key(ref), encode_value([key, payload]))])
+            # Lazily durable: a vote for it and an ack past it sync first.
+            self._write(
+                [(Family.PAYLOADS, durable.ref_key(ref), encode_value([key, payload]))], sync=False
+            )
         return True
 
     def payload_pinned(self, key: bytes, ref: Ref) -> bool:
@@ -136,7 +139,7 @@ class PayloadStore(Part):
                 ref = durable.ref_from_key(stored_key)
                 if not self.payload_pinned(key, ref):
                     deletes.append((Family.PAYLOADS, stored_key, None))
-            self._write(deletes)
+            self._write(deletes, sync=False)  # a lost delete is collected again
             if len(found) < limit:
                 del self._payload_collect_bound[origin]  # done with it until the next mark
                 self._payload_collect_from.pop(origin, None)

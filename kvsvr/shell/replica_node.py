@@ -27,10 +27,12 @@ bytes, keeps time and syncs. It runs:
   loop brought in) it calls `replica.pump_streams()` once, so one
   StreamRecords per peer carries everything the burst appended;
 - the committer, the one place the effects order is obeyed. A step's
-  writes went to storage unsynced during the step; while any write is
-  unsynced or a sync is running, every step's replies and late messages
-  are held, and the committer syncs once (off the event loop) for all the
-  steps gathered, then releases what they held, in order. Early messages
+  writes went to storage unsynced during the step; while a step that
+  asked for a sync waits for it or a sync is running, every step's
+  replies and late messages are held, and the committer syncs once (off
+  the event loop) for all the steps gathered, then releases what they
+  held, in order. Lazily durable writes (a learned decision, a stored
+  payload, a cursor) ask for no sync and ride the next one. Early messages
   (messages.EARLY_MESSAGES: requests, decisions, our own log records)
   leave at once, so the peers' work runs alongside our sync. When nothing
   is unsynced, a step's messages leave at once.
