@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-SCRIPT = REPOSITORY / "bench" / "porcupine_compare.py"
+from bench_script_support import assert_help_mentions, run_bench_script
+
 RUN_TIMEOUT_SECONDS = 120
 
 
 def run_script(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *arguments], cwd=REPOSITORY,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, env=env)
+    return run_bench_script("porcupine_compare.py", *arguments, env=env, timeout_seconds=RUN_TIMEOUT_SECONDS)
 
 
 def test_help_says_what_it_compares_and_what_it_needs():
-    result = run_script("--help")
-    assert result.returncode == 0, result.stderr
-    for words in ("--porcupine-source", "--repeat", "golang-go", "git clone https://github.com/anishathalye/porcupine"):
-        assert words in result.stdout
+    assert_help_mentions(
+        "porcupine_compare.py",
+        ("--porcupine-source", "--repeat", "golang-go", "git clone https://github.com/anishathalye/porcupine"),
+    )
 
 
 def test_without_go_or_porcupine_or_histories_it_names_each_and_exits_2(tmp_path):
