@@ -39,10 +39,25 @@ And three more that are ours, each sound for the reason given:
    interchangeable, and the one invoked earlier may go wherever the later
    one can; so the later one is only tried once the earlier one is
    linearized. This removes the factorial of identical timed-out writes.
+6. A configuration is dominated by an explored one with the same state,
+   the same determinate operations linearized and a subset of the
+   indeterminate ones: every way to finish from the larger set is a way to
+   finish from the smaller (the extra indeterminate operations have no
+   deadline, so they never block anything, and leaving them out is
+   allowed), so a dominated configuration is never entered. The memo keys
+   on (determinate set, state) and keeps, for each, the indeterminate sets
+   entered (none a superset of another). Placing an indeterminate
+   operation that changes nothing is the simplest case: it is dominated by
+   the configuration it was placed in.
+7. Keys are searched side by side: each key's search runs in slices of
+   `steps_between_clock_checks` steps, round robin, and the first key that
+   fails ends the check. A history with one key that fails quickly and
+   another that is slow to decide costs about (number of keys) times the
+   quick one's steps, not the slow one's.
 
 A search that may blow up has a budget, in seconds or in steps, and a cap
-on the configurations it remembers; spending either makes the answer
-`unknown`, never a guess.
+on the configurations remembered by all keys together; spending either
+makes the answer `unknown`, never a guess.
 
 When the answer is no, the explanation is the deepest point the search
 reached: the longest linearizable prefix it found, the state after it, and
@@ -53,22 +68,25 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections import deque
+from collections.abc import Generator, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .history import Event, Operation, operations_from_events
 from .models import REJECTED, Model, Transition
 
-# How many search steps run between looks at the clock and the step budget:
-# looking costs about as much as a step, so look rarely, but often enough
-# that a budget of a tenth of a second is kept to within a few milliseconds.
-# A step budget is therefore kept to within this many steps.
+# How many search steps one key's search runs before the next key's turn,
+# and between looks at the clock and the step budget: looking costs about
+# as much as a step, so look rarely, but often enough that a budget of a
+# tenth of a second is kept to within a few milliseconds. A step budget is
+# therefore kept to within this many steps.
 steps_between_clock_checks = 2048
 
 # The memo of explored configurations is the search's memory: a few hundred
-# bytes each, so this many is about a gigabyte. Past it the answer is
-# `unknown`, as when the time runs out: a checker must not take CI down.
+# bytes each, so this many (all keys together) is about a gigabyte. Past it
+# the key with the largest memo is given up as `unknown`, as when the time
+# runs out: a checker must not take CI down.
 explored_configurations_max = 4_000_000
 
 
@@ -150,40 +168,32 @@ def check_operations(
     budget_seconds: float | None = None,
     budget_steps: int | None = None,
 ) -> CheckResult:
-    """Decide linearizability key by key; stop at the first key that fails.
+    """Decide linearizability key by key, side by side; stop at the first key that fails.
 
     The budgets are shared by all keys. A key whose search runs out of
     budget is `unknown`; the history is then unknown unless another key
-    fails outright. Every operation is compiled before any search starts,
-    so a malformed operation is a `HistoryError` whatever key it is on.
+    fails outright. When a key fails, the keys not yet decided are left
+    `unknown` in `key_results`. Every operation is compiled before any
+    search starts, so a malformed operation is a `HistoryError` whatever
+    key it is on.
     """
     started = time.perf_counter()
     deadline = None if budget_seconds is None else started + budget_seconds
-    steps_left = budget_steps
     operations_by_key: dict[Hashable | None, list[Operation]] = {}
     for operation in operations:
         operations_by_key.setdefault(operation.key, []).append(operation)
-    compiled_by_key = {
-        key: _compile(model, key_operations) for key, key_operations in operations_by_key.items()
-    }
-    key_results = []
-    unknown_keys = []
-    for key, key_operations in operations_by_key.items():
-        result = _search_key(key, key_operations, compiled_by_key[key], model, deadline, steps_left)
-        key_results.append(result)
-        if steps_left is not None:
-            steps_left = max(0, steps_left - result.steps)
-        if result.verdict is Verdict.NOT_LINEARIZABLE:
-            return CheckResult(
-                Verdict.NOT_LINEARIZABLE,
-                tuple(key_results),
-                time.perf_counter() - started,
-                failure=result.failure,
-            )
-        if result.verdict is Verdict.UNKNOWN:
-            unknown_keys.append(key)
+    searches = [
+        _KeySearch(key, key_operations, _Search(model, _compile(model, key_operations)))
+        for key, key_operations in operations_by_key.items()
+    ]
+    failed = _run_side_by_side(searches, deadline, budget_steps)
+    key_results = tuple(search.result() for search in searches)
+    seconds = time.perf_counter() - started
+    if failed is not None:
+        return CheckResult(Verdict.NOT_LINEARIZABLE, key_results, seconds, failure=failed.result().failure)
+    unknown_keys = tuple(result.key for result in key_results if result.verdict is Verdict.UNKNOWN)
     verdict = Verdict.UNKNOWN if unknown_keys else Verdict.LINEARIZABLE
-    return CheckResult(verdict, tuple(key_results), time.perf_counter() - started, unknown_keys=tuple(unknown_keys))
+    return CheckResult(verdict, key_results, seconds, unknown_keys=unknown_keys)
 
 
 def check_key(
@@ -194,7 +204,9 @@ def check_key(
     budget_steps: int | None = None,
 ) -> KeyResult:
     """Decide whether one key's operations are linearizable."""
-    return _search_key(key, operations, _compile(model, operations), model, deadline, budget_steps)
+    search = _KeySearch(key, operations, _Search(model, _compile(model, operations)))
+    _run_side_by_side([search], deadline, budget_steps)
+    return search.result()
 
 
 def _compile(model: Model, operations: Sequence[Operation]) -> list[tuple[Operation, Transition]]:
@@ -207,23 +219,76 @@ def _compile(model: Model, operations: Sequence[Operation]) -> list[tuple[Operat
     return compiled
 
 
-def _search_key(
-    key: Hashable | None,
-    operations: Sequence[Operation],
-    compiled: list[tuple[Operation, Transition]],
-    model: Model,
-    deadline: float | None,
-    budget_steps: int | None,
-) -> KeyResult:
-    started = time.perf_counter()
-    search = _Search(model, compiled, deadline, budget_steps)
-    verdict = search.run()
-    failure = None
-    if verdict is Verdict.NOT_LINEARIZABLE:
-        failure = search.failure(key)
-    return KeyResult(
-        key, verdict, tuple(operations), failure, search.steps, time.perf_counter() - started
-    )
+class _KeySearch:
+    """One key's search as the scheduler sees it: advanced a slice at a time."""
+
+    def __init__(self, key: Hashable | None, operations: Sequence[Operation], search: _Search) -> None:
+        self.key = key
+        self.operations = tuple(operations)
+        self.search = search
+        self.slices = search.slices()
+        self.verdict: Verdict | None = None
+        self.seconds = 0.0
+
+    def advance(self) -> Verdict | None:
+        """Run one slice; the verdict once the search has one."""
+        started = time.perf_counter()
+        try:
+            next(self.slices)
+        except StopIteration as stop:
+            self.verdict = stop.value
+        self.seconds += time.perf_counter() - started
+        return self.verdict
+
+    def give_up(self) -> None:
+        """Stop undecided: the answer for this key is `unknown`, and its memo is freed."""
+        self.verdict = Verdict.UNKNOWN
+        self.slices.close()
+
+    def result(self) -> KeyResult:
+        verdict = Verdict.UNKNOWN if self.verdict is None else self.verdict
+        failure = self.search.failure(self.key) if verdict is Verdict.NOT_LINEARIZABLE else None
+        return KeyResult(self.key, verdict, self.operations, failure, self.search.steps, self.seconds)
+
+
+def _run_side_by_side(
+    searches: list[_KeySearch], deadline: float | None, budget_steps: int | None
+) -> _KeySearch | None:
+    """Advance the searches round robin until one fails or all are decided (rule 7).
+
+    Returns the search that failed, if one did. Between slices the shared
+    budgets are checked: when the time or the steps run out, every
+    undecided key is given up; when the memos together hold more than
+    `explored_configurations_max` configurations, the largest is.
+    """
+    undecided = deque(searches)
+    steps_spent = 0
+    remembered = 0  # configurations in the memos of the undecided searches
+    while undecided:
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        out_of_steps = budget_steps is not None and steps_spent >= budget_steps
+        if out_of_time or out_of_steps:
+            for search in undecided:
+                search.give_up()
+            return None
+        key_search = undecided.popleft()
+        steps_before = key_search.search.steps
+        remembered -= key_search.search.explored_size
+        verdict = key_search.advance()
+        steps_spent += key_search.search.steps - steps_before
+        if verdict is Verdict.NOT_LINEARIZABLE:
+            for search in undecided:
+                search.slices.close()
+            return key_search
+        if verdict is None:
+            undecided.append(key_search)
+            remembered += key_search.search.explored_size
+            if remembered > explored_configurations_max:
+                largest = max(undecided, key=lambda search: search.search.explored_size)
+                remembered -= largest.search.explored_size
+                largest.give_up()
+                undecided.remove(largest)
+    return None
 
 
 class _Search:
@@ -236,20 +301,14 @@ class _Search:
     entries, and unlifting relinks them, newest lift first.
     """
 
-    def __init__(
-        self,
-        model: Model,
-        compiled: list[tuple[Operation, Transition]],
-        deadline: float | None,
-        budget_steps: int | None,
-    ) -> None:
+    def __init__(self, model: Model, compiled: list[tuple[Operation, Transition]]) -> None:
         self.model = model
         self.operations = [operation for operation, _transition in compiled]
         self.apply_of_operation = [transition.apply for _operation, transition in compiled]
         self.is_observation = [transition.is_observation for _operation, transition in compiled]
-        self.deadline = deadline
-        self.budget_steps = budget_steps
         self.steps = 0
+        # Configurations remembered, as of the end of the last slice.
+        self.explored_size = 0
         self.deepest_prefix: list[int] = []
         self.deepest_state: Any = model.initial_state()
         self.blocked_operation: int | None = None
@@ -294,6 +353,16 @@ class _Search:
         return predecessor_bit
 
     def run(self) -> Verdict:
+        """The whole search at once, without budgets."""
+        slices = self.slices()
+        while True:
+            try:
+                next(slices)
+            except StopIteration as stop:
+                return stop.value
+
+    def slices(self) -> Generator[None, None, Verdict]:
+        """The search, pausing every `steps_between_clock_checks` steps; returns the verdict."""
         operations = self.operations
         operation_count = len(operations)
         next_entry, previous_entry, head = self._build_entry_list()
@@ -308,17 +377,22 @@ class _Search:
         determinate_count = [0 if operation.is_indeterminate else 1 for operation in operations]
         remaining = sum(determinate_count)
 
-        deadline = self.deadline
-        budget_steps = self.budget_steps
-        if budget_steps is not None and budget_steps <= 0:
-            return Verdict.UNKNOWN
-        if deadline is not None and time.perf_counter() > deadline:
-            return Verdict.UNKNOWN
-        clock_check_mask = steps_between_clock_checks - 1
+        slice_mask = steps_between_clock_checks - 1
 
         state = self.model.initial_state()
         linearized = 0
-        explored: set[tuple[int, Any]] = set()
+        # Rule 6. Without indeterminate operations no configuration dominates
+        # another, and the memo is a plain set of (linearized, state).
+        indeterminate_mask = sum(
+            bit for bit, operation in zip(bit_of_operation, operations, strict=True) if operation.is_indeterminate
+        )
+        explored_plain: set[tuple[int, Any]] = set()
+        explored_by_core: dict[tuple[int, Any], list[int]] = {}
+        if indeterminate_mask:
+            explored_by_core[(0, state)] = [0]
+        else:
+            explored_plain.add((0, state))
+        entered = 1
         # Each frame: (operation, state before it, whether it was a forced move).
         stack: list[tuple[int, Any, bool]] = []
         deepest = -1
@@ -327,14 +401,10 @@ class _Search:
 
         while remaining:
             steps += 1
-            if not steps & clock_check_mask:
-                if (
-                    (deadline is not None and time.perf_counter() > deadline)
-                    or (budget_steps is not None and steps > budget_steps)
-                    or len(explored) > explored_configurations_max
-                ):
-                    self.steps = steps
-                    return Verdict.UNKNOWN
+            if not steps & slice_mask:
+                self.steps = steps
+                self.explored_size = entered
+                yield
             if entry < operation_count:
                 # A call: try to linearize this operation now.
                 required = predecessor_bit[entry]
@@ -346,9 +416,34 @@ class _Search:
                     entry = next_entry[entry]
                     continue
                 new_linearized = linearized | bit_of_operation[entry]
-                configuration = (new_linearized, new_state)
-                if configuration not in explored:
-                    explored.add(configuration)
+                if indeterminate_mask:
+                    placed_indeterminate = new_linearized & indeterminate_mask
+                    core = (new_linearized ^ placed_indeterminate, new_state)
+                    entered_before = explored_by_core.get(core)
+                    if entered_before is None:
+                        explored_by_core[core] = [placed_indeterminate]
+                        fresh = True
+                    else:
+                        for earlier in entered_before:
+                            if earlier & placed_indeterminate == earlier:
+                                fresh = False  # dominated by `earlier`, or equal to it
+                                break
+                        else:
+                            fresh = True
+                            # Keep the sets of this core an antichain: drop those the new one dominates.
+                            entered_before[:] = [
+                                earlier
+                                for earlier in entered_before
+                                if earlier & placed_indeterminate != placed_indeterminate
+                            ]
+                            entered_before.append(placed_indeterminate)
+                else:
+                    configuration = (new_linearized, new_state)
+                    fresh = configuration not in explored_plain
+                    if fresh:
+                        explored_plain.add(configuration)
+                if fresh:
+                    entered += 1
                     stack.append((entry, state, is_observation[entry]))
                     state = new_state
                     linearized = new_linearized
@@ -369,8 +464,8 @@ class _Search:
                 if not is_observation[entry]:
                     entry = next_entry[entry]
                     continue
-                # A forced move into explored ground: this configuration fails
-                # too (rule 3), so fall through and backtrack.
+                # A forced move into explored or dominated ground: this
+                # configuration fails too (rule 3), so fall through and backtrack.
             else:
                 # A return: its operation should have been linearized by now.
                 if len(stack) > deepest:
@@ -382,6 +477,7 @@ class _Search:
             while True:
                 if not stack:
                     self.steps = steps
+                    self.explored_size = entered
                     return Verdict.NOT_LINEARIZABLE
                 entry, state, forced = stack.pop()
                 linearized ^= bit_of_operation[entry]
@@ -397,6 +493,7 @@ class _Search:
                     break
             entry = next_entry[entry]
         self.steps = steps
+        self.explored_size = entered
         return Verdict.LINEARIZABLE
 
     def failure(self, key: Hashable | None) -> Failure:

@@ -193,6 +193,33 @@ class KeyValueModel(Model):
 
         return Transition(append, is_observation=False)
 
+    def operations_worth_checking(self, operations: Sequence[Operation]) -> list[Operation]:
+        """Leave out indeterminate puts and appends whose string no get ever returned.
+
+        If such a write happened, its string was part of the value from then
+        until the next put, so every get in that stretch would have returned
+        a value containing it: there was none. Only writes follow it before
+        the next put (or the end), appends return nothing, and after that put
+        the value is the same either way, so leaving it out changes no
+        result. As with table-append's unseen appends, each one left in
+        would stay a choice (now, or later?) for the rest of the history.
+        """
+        results = [
+            "" if operation.result is None else operation.result
+            for operation in operations
+            if operation.function == "get" and operation.status == "ok"
+        ]
+        return [
+            operation
+            for operation in operations
+            if not (
+                operation.is_indeterminate
+                and operation.function in ("put", "append")
+                and isinstance(operation.argument, str)
+                and not any(operation.argument in result for result in results if isinstance(result, str))
+            )
+        ]
+
     def describe_state(self, state: State) -> str:
         return f"the value is {state!r}"
 

@@ -13,27 +13,20 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from bench_script_support import assert_help_mentions, run_bench_script
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-SCRIPT = REPOSITORY / "bench" / "etcd_compare.py"
 RUN_TIMEOUT_SECONDS = 240
 
 
 def run_script(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *arguments], cwd=REPOSITORY,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, env=env)
+    return run_bench_script("etcd_compare.py", *arguments, env=env, timeout_seconds=RUN_TIMEOUT_SECONDS)
 
 
 def test_help_names_the_load_and_what_to_install():
     """--help runs anywhere (nothing imported needs etcd) and says what the script needs."""
-    result = run_script("--help")
-    assert result.returncode == 0, result.stderr
-    for word in ("--seconds", "--json", "etcd-server", "aetcd"):
-        assert word in result.stdout
+    assert_help_mentions("etcd_compare.py", ("--seconds", "--json", "etcd-server", "aetcd"))
 
 
 def test_without_etcd_it_says_what_to_install_and_exits_2(tmp_path):

@@ -273,6 +273,55 @@ def test_many_timed_out_appends_nobody_read_are_decided_quickly() -> None:
     assert time.perf_counter() - started < 5
 
 
+def test_many_timed_out_kv_appends_nobody_read_are_left_out() -> None:
+    # The kv model's version of the rule above: thirty appends time out and
+    # no get ever returns their strings, so they cannot have happened before
+    # any get; left in, each would double the search.
+    lines = []
+    value = ""
+    for round_number in range(30):
+        lines += [f'{100 + round_number} invoke append key=k "lost{round_number};"', f"{100 + round_number} info append key=k"]
+        lines += [f'0 invoke append key=k "m{round_number};"', f'0 ok append key=k "m{round_number};"']
+        value += f"m{round_number};"
+        lines += ["1 invoke get key=k", f"1 ok get key=k {json.dumps(value)}"]
+    lines += ["1 invoke get key=k", f'1 ok get key=k {json.dumps(value + "never;")}']
+    result = check_text("\n".join(lines), "kv", budget_steps=1_000_000)
+    assert result.verdict is Verdict.NOT_LINEARIZABLE
+    assert result.steps < 20_000
+
+
+def test_a_timed_out_kv_append_somebody_read_is_kept() -> None:
+    # The timed-out append's string shows up in a later get, so it happened.
+    assert_linearizable("""
+        0 invoke append key=k "a"
+        0 info append key=k
+        1 invoke get key=k
+        1 ok get key=k "a"
+    """, "kv")
+    assert_not_linearizable("""
+        0 invoke append key=k "a"
+        0 info append key=k
+        1 invoke get key=k
+        1 ok get key=k "a"
+        1 invoke get key=k
+        1 ok get key=k ""
+    """, "kv")
+
+
+def test_timed_out_cas_that_change_nothing_are_never_placed() -> None:
+    # Thirty timed-out cas expect a value nobody writes, so each does nothing
+    # wherever it goes: a configuration with one placed is dominated by the
+    # same one without it. Without that, every subset of them is explored
+    # before the last read is found impossible.
+    lines = [f"{process} invoke cas [99, {process}]" for process in range(30)]
+    for value in range(30):
+        lines += [f"100 invoke write {value}", f"100 ok write {value}", "100 invoke read", f"100 ok read {value}"]
+    lines += ["100 invoke read", "100 ok read 99"]
+    result = check_text("\n".join(lines), budget_steps=1_000_000)
+    assert result.verdict is Verdict.NOT_LINEARIZABLE
+    assert result.steps < 20_000
+
+
 # --- compare-and-set ---------------------------------------------------------------
 
 
@@ -364,6 +413,31 @@ def test_keys_are_checked_apart_and_the_failing_key_is_named() -> None:
     )
     assert failure.key == "b"
     assert "key 'b'" in failure.describe()
+
+
+def test_a_key_that_fails_quickly_ends_the_check_beside_one_that_cannot_be_decided() -> None:
+    # Keys are searched side by side: the pathological key below would take
+    # longer than any test, but the stale read on the other key fails within
+    # its first slice, and that ends the check.
+    slow = [
+        Event(event.process, event.type, event.function, "slow", event.value, event.time)
+        for event in _pathological_history()
+    ]
+    start = len(slow)
+    quick = [
+        Event(900, "invoke", "write", "quick", 1, start),
+        Event(900, "ok", "write", "quick", 1, start + 1),
+        Event(900, "invoke", "write", "quick", 2, start + 2),
+        Event(900, "ok", "write", "quick", 2, start + 3),
+        Event(901, "invoke", "read", "quick", None, start + 4),
+        Event(901, "ok", "read", "quick", 1, start + 5),
+    ]
+    result = check_events(slow + quick, model_named("register"), budget_steps=10_000_000)
+    assert result.verdict is Verdict.NOT_LINEARIZABLE
+    assert result.failure is not None and result.failure.key == "quick"
+    verdict_of_key = {key_result.key: key_result.verdict for key_result in result.key_results}
+    assert verdict_of_key == {"slow": Verdict.UNKNOWN, "quick": Verdict.NOT_LINEARIZABLE}
+    assert result.steps <= 2 * linearizability.steps_between_clock_checks
 
 
 def test_empty_history_is_linearizable() -> None:
